@@ -1,0 +1,31 @@
+"""``python -m mmrec_lightning <command>``: fit / validate / test / predict (LightningCLI) and prepare."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = """usage: python -m mmrec_lightning <command> [options]
+
+commands:
+  fit, validate, test, predict   train and evaluate models (LightningCLI; --config FILE, --help)
+  prepare                        build a prepared dataset from a raw source (--help)
+"""
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command == "prepare":
+        from mmrec_lightning.data.prepare import main as prepare
+
+        prepare(sys.argv[2:])
+    elif command in {"fit", "validate", "test", "predict"}:
+        from mmrec_lightning.cli import RecommenderCLI
+
+        RecommenderCLI()
+    else:
+        print(COMMANDS, end="")
+        sys.exit(0 if command in {None, "-h", "--help"} else 2)
+
+
+if __name__ == "__main__":
+    main()

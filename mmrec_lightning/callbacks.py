@@ -1,0 +1,74 @@
+"""Callbacks the CLI adds to every run: the resolved config sent to the loggers, test metrics written to JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import SaveConfigCallback
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|password|secret)", re.IGNORECASE)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a nested config with the values of secret-looking keys replaced (they must never reach logs)."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+class LoggedSaveConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` in the run directory (Lightning's behaviour) and also sends the resolved config
+    to every logger (W&B shows it in the run's config panel). Runs on rank 0 only."""
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        config = redact(self.config.clone().as_dict())
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
+class TestMetricsWriter(L.Callback):
+    """At the end of ``test``, writes the test metrics to ``<run dir>/test_metrics.json`` under the model's name
+    (several models tested in one run, e.g. the model and its baselines, share the file).
+
+    Args:
+        directory: where to write; default the run's log directory.
+        filename: the JSON file's name.
+    """
+
+    def __init__(self, directory: str | None = None, filename: str = "test_metrics.json") -> None:
+        self.directory = directory
+        self.filename = filename
+        self.path: Path | None = None
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.path is None:  # fixed by the first test, so later tests in the same run add to the same file
+            directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.path = directory / self.filename
+        results = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        results[type(pl_module).__name__] = {
+            name.removeprefix("test/"): float(value)
+            for name, value in sorted(trainer.callback_metrics.items())
+            if name.startswith("test/")
+        }
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(self.path)
+
+
+def format_table(results: dict[str, dict[str, float]], metrics: list[str]) -> str:
+    """A plain-text table: one row per model, one column per metric."""
+    header = ["model", *metrics]
+    rows = [[name, *(f"{values.get(m, float('nan')):.4f}" for m in metrics)] for name, values in results.items()]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""The three streams a recommender needs: training examples, evaluation users, and the item catalogue.
+
+Datasets return item *indices* only; the collators load each distinct item's image and text once per
+batch (batches share popular items), in the loader's worker processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mmrec_lightning.data.items import ItemContent
+from mmrec_lightning.data.sampling import example_rng, sample_negatives, seeded_augmentation
+from mmrec_lightning.data.schema import SplitIndex
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def behaviour_stats(history_size: int, seconds_since_last: float) -> np.ndarray:
+    """The user tower's behaviour statistics: log interaction count and log days since the last one."""
+    days = max(seconds_since_last, 0.0) / SECONDS_PER_DAY if history_size else 0.0
+    return np.array([np.log1p(history_size), np.log1p(days)], dtype=np.float32)
+
+
+def _pad(rows: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-aligned padding of variable-length index rows; returns (indices, mask), padding index 0."""
+    out = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
+    mask = np.zeros_like(out, dtype=bool)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = row
+        mask[r, : len(row)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def _pairs(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ragged batch as (row, column) coordinate tensors."""
+    lengths = [len(r) for r in rows]
+    row_ids = np.repeat(np.arange(len(rows)), lengths)
+    cols = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
+    return torch.from_numpy(row_ids.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))
+
+
+class TrainInteractions(Dataset):
+    """One example per training interaction: the user, the positive item, sampled negatives that are not
+    among the user's training items, and the user's preceding history in time.
+
+    Indexed by ``(index, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`): negatives are
+    drawn from a generator seeded by (seed, epoch, index).
+    """
+
+    def __init__(
+        self, train: SplitIndex, num_items: int, num_negatives: int, history_length: int, seed: int
+    ) -> None:
+        self.train = train
+        self.num_items = num_items
+        self.num_negatives = num_negatives
+        self.history_length = history_length
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.train.items)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key
+        indptr, items, times = self.train.indptr, self.train.items, self.train.times
+        user = int(np.searchsorted(indptr, index, side="right") - 1)
+        start = int(indptr[user])
+        history = items[max(start, index - self.history_length) : index]
+        gap = float(times[index] - times[index - 1]) if index > start else 0.0
+        rng = example_rng(self.seed, epoch, index)
+        return {
+            "key": (index, epoch),
+            "user": user,
+            "item": int(items[index]),
+            "negatives": sample_negatives(rng, self.num_items, self.train.row(user), self.num_negatives),
+            "history": np.asarray(history, dtype=np.int64),
+            "stats": behaviour_stats(index - start, gap),
+        }
+
+
+class TrainCollator:
+    """Batches training examples and loads each distinct item (positive, negative or history) once."""
+
+    def __init__(self, content: ItemContent, seed: int) -> None:
+        self.content = content
+        self.seed = seed
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        positives = np.array([e["item"] for e in examples], dtype=np.int64)
+        negatives = np.stack([e["negatives"] for e in examples])
+        histories = [e["history"] for e in examples]
+        unique, inverse = np.unique(
+            np.concatenate([positives, negatives.ravel(), *histories]), return_inverse=True
+        )
+        n, k = len(positives), negatives.size
+        offsets = np.cumsum([n + k] + [len(h) for h in histories])
+        history, history_mask = _pad(
+            [inverse[offsets[r] : offsets[r + 1]] for r in range(n)],
+            max(len(h) for h in histories),
+        )
+        index, epoch = examples[0]["key"]
+        with seeded_augmentation(self.seed, epoch, index):
+            items = self.content.load(unique, train=True)
+        return {
+            "users": torch.tensor([e["user"] for e in examples], dtype=torch.long),
+            "positives": torch.from_numpy(inverse[:n].astype(np.int64)),
+            "negatives": torch.from_numpy(inverse[n : n + k].reshape(negatives.shape).astype(np.int64)),
+            "history": history,
+            "history_mask": history_mask,
+            "stats": torch.from_numpy(np.stack([e["stats"] for e in examples])),
+            "items": items,
+        }
+
+
+class EvalUsers(Dataset):
+    """The users with at least one interaction in the evaluated split (every user when ``target`` is None,
+    for prediction), with what the ranking needs: their history (last training items), the items to find
+    and the items to mask out.
+
+    Recency is measured as of the time the user's evaluated interactions begin (only their timestamp is
+    used, never their items), as training measures it as of each predicted interaction; for prediction,
+    as of the end of the training data.
+    """
+
+    def __init__(
+        self,
+        train: SplitIndex,
+        target: SplitIndex | None,
+        history_length: int,
+        also_exclude: SplitIndex | None = None,
+    ) -> None:
+        self.train = train
+        self.target = target
+        self.also_exclude = also_exclude
+        self.history_length = history_length
+        self.users = np.flatnonzero(target.lengths() > 0) if target is not None else np.arange(len(train.indptr) - 1)
+        self.reference_time = float(train.times.max()) if len(train.times) else 0.0
+        self._target_lengths = target.lengths() if target is not None else None
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        user = int(self.users[index])
+        seen = self.train.row(user)
+        lo, hi = self.train.indptr[user], self.train.indptr[user + 1]
+        last = float(self.train.times[hi - 1]) if hi > lo else self.reference_time
+        now = self.reference_time
+        if self._target_lengths is not None and self._target_lengths[user]:
+            now = float(self.target.times[self.target.indptr[user]])
+        exclude = seen if self.also_exclude is None else np.concatenate([seen, self.also_exclude.row(user)])
+        return {
+            "user": user,
+            "history": np.asarray(seen[-self.history_length :] if self.history_length else seen[:0], dtype=np.int64),
+            "stats": behaviour_stats(len(seen), now - last),
+            "targets": np.asarray(self.target.row(user) if self.target is not None else [], dtype=np.int64),
+            "exclude": np.asarray(exclude, dtype=np.int64),
+        }
+
+
+def collate_eval_users(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    histories = [e["history"] for e in examples]
+    history, history_mask = _pad(histories, max(len(h) for h in histories))
+    target_rows, target_items = _pairs([e["targets"] for e in examples])
+    exclude_rows, exclude_items = _pairs([e["exclude"] for e in examples])
+    return {
+        "users": torch.tensor([e["user"] for e in examples], dtype=torch.long),
+        "history": history,
+        "history_mask": history_mask,
+        "stats": torch.from_numpy(np.stack([e["stats"] for e in examples])),
+        "target_rows": target_rows,
+        "target_items": target_items,
+        "exclude_rows": exclude_rows,
+        "exclude_items": exclude_items,
+    }
+
+
+class Catalogue(Dataset):
+    """Every item index once, for encoding the whole catalogue at evaluation."""
+
+    def __init__(self, num_items: int) -> None:
+        self.num_items = num_items
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class CatalogueCollator:
+    def __init__(self, content: ItemContent) -> None:
+        self.content = content
+
+    def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
+        return self.content.load(np.asarray(items, dtype=np.int64), train=False)

@@ -1,0 +1,66 @@
+"""``python -m mmrec_lightning prepare --source NAME --output DIR [source options]``: build a prepared dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from jsonargparse import ArgumentParser
+
+from mmrec_lightning.data.schema import PreparedDataset, write_prepared
+from mmrec_lightning.data.sources import SOURCES
+
+PROG = "python -m mmrec_lightning prepare"
+
+
+def _parser(source: str | None) -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Convert a raw dataset into the prepared format that training reads "
+        f"(sources: {', '.join(sorted(SOURCES))}; `--source NAME --help` lists a source's options).",
+    )
+    parser.add_argument("--source", required=True, choices=sorted(SOURCES), help="the raw layout to read")
+    parser.add_argument("--output", required=True, help="folder to write the prepared dataset to")
+    parser.add_argument("--overwrite", type=bool, default=False, help="replace an existing dataset at --output")
+    if source in SOURCES:
+        options, _ = SOURCES[source]
+        parser.add_class_arguments(options, nested_key=None, as_group=True)
+    return parser
+
+
+def summary(dataset: PreparedDataset) -> str:
+    """A human-readable account of what was prepared."""
+    counts = dataset.metadata["counts"]
+    lines = [
+        f"prepared {dataset.path} ({dataset.metadata.get('source')})",
+        f"  users {counts['users']:,}  items {counts['items']:,}",
+        "  interactions " + "  ".join(f"{k} {v:,}" for k, v in counts["interactions"].items()),
+        f"  items with image {counts['items_with_image']:,}  with text {counts['items_with_text']:,}  "
+        f"without training interactions (cold) {counts['items_without_training_interactions']:,}",
+        f"  split: {json.dumps(dataset.metadata.get('split', {}))}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--source")
+    source = peek.parse_known_args(argv)[0].source
+    parser = _parser(source)
+    config = parser.parse_args(argv)
+    options_class, build = SOURCES[config.source]
+    common = {"source", "output", "overwrite", "__path__"}
+    options = options_class(**{k: v for k, v in config.as_dict().items() if k not in common})
+    data = build(options)
+    path = write_prepared(
+        config.output,
+        interactions=data.interactions,
+        items=data.items,
+        users=data.users,
+        metadata=data.metadata,
+        overwrite=config.overwrite,
+    )
+    print(summary(PreparedDataset(path)))

@@ -1,0 +1,127 @@
+"""Image encoders from timm: any model name, hub or local pretrained weights, timm's own preprocessing."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable
+
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+
+from mmrec_lightning.encoders.base import ImageEncoder
+from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
+
+log = logging.getLogger(__name__)
+
+
+def _unwrap_state_dict(checkpoint: object, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path}: not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def load_timm_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Load a local checkpoint file into a timm backbone (classifier already removed).
+
+    Tensors are matched by name; a checkpoint written by another implementation of the same architecture
+    (other names, same tensors in the same order, e.g. the EfficientNet-Lite0 of the ``weights`` extra) is
+    matched by position, after checking every shape. Extra trailing tensors (a classifier) are ignored.
+    """
+    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    target = model.state_dict()
+    if set(target) <= set(state):
+        model.load_state_dict({k: state[k] for k in target})
+        return
+    ordered = list(state.items())
+    if len(ordered) >= len(target) and all(
+        value.shape == target_value.shape
+        for (_, value), target_value in zip(ordered, target.values(), strict=False)
+    ):
+        log.info("%s: tensor names differ from timm's; matched %d tensors by position", path, len(target))
+        model.load_state_dict({name: value for name, (_, value) in zip(target, ordered, strict=False)})
+        return
+    missing = sorted(set(target) - set(state))[:5]
+    raise ValueError(
+        f"{path} does not fit this timm model: missing {missing} (and tensors differ in order or shape); "
+        "check that the checkpoint is for the same architecture"
+    )
+
+
+class TimmImageEncoder(ImageEncoder):
+    """A timm backbone (classifier removed) with the preprocessing timm resolves for it.
+
+    Args:
+        model_name: any timm model name, e.g. ``resnet50``, ``vit_small_patch16_224``, ``efficientnet_lite0``.
+        pretrained: ``False`` for random initialisation, ``True`` for timm's pretrained weights from the
+            hub, or the path of a local checkpoint file (``package:<module>/<file>`` for one shipped in an
+            installed package).
+        freeze: keep the backbone's weights fixed.
+        image_size: input side in pixels; default the model's own.
+        crop_pct: fraction of the image kept by the evaluation centre crop (1.0 keeps the whole image).
+        train_crop_scale: area range of the training-time random resized crop.
+        hflip: probability of a horizontal flip at training time.
+        grad_checkpointing: trade compute for memory in the backbone where timm supports it.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet18",
+        pretrained: bool | str = False,
+        freeze: bool = False,
+        image_size: int | None = None,
+        crop_pct: float = 1.0,
+        train_crop_scale: tuple[float, float] = (0.6, 1.0),
+        hflip: float = 0.5,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if not timm.is_model(model_name):
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
+            raise ValueError(f"unknown timm model {model_name!r}" + (f"; did you mean {close}?" if close else ""))
+        from_hub = pretrained is True and not is_restoring_checkpoint()
+        try:
+            self.model = timm.create_model(model_name, pretrained=from_hub, num_classes=0)
+        except Exception as error:
+            if not from_hub:
+                raise
+            raise RuntimeError(
+                f"could not fetch pretrained weights for timm model {model_name!r} ({error}); offline, pass "
+                "a local checkpoint path as `pretrained`"
+            ) from error
+        if isinstance(pretrained, str) and not is_restoring_checkpoint():
+            load_timm_checkpoint(self.model, resolve_location(pretrained))
+        if grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.output_dim = int(self.model.num_features)
+        self.data_config = resolve_model_data_config(self.model)
+        if image_size is not None:
+            self.data_config["input_size"] = (3, image_size, image_size)
+        self.data_config["crop_pct"] = crop_pct
+        self.train_crop_scale = tuple(train_crop_scale)
+        self.hflip = hflip
+        if freeze:
+            self.freeze()
+
+    def transform(self, train: bool) -> Callable[[Image.Image], torch.Tensor]:
+        if not train:
+            return create_transform(**self.data_config, is_training=False)
+        return create_transform(
+            **self.data_config,
+            is_training=True,
+            scale=self.train_crop_scale,
+            hflip=self.hflip,
+            color_jitter=None,
+            auto_augment=None,
+            re_prob=0.0,
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)

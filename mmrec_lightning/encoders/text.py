@@ -1,0 +1,91 @@
+"""Text encoders from Hugging Face transformers: hub name, local directory or config object; mean pooling."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from mmrec_lightning.encoders.base import TextEncoder
+from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
+
+
+class HFTextEncoder(TextEncoder):
+    """A Hugging Face transformer whose token states are mean-pooled over the attention mask.
+
+    Args:
+        model_name_or_path: a hub name (``sentence-transformers/all-MiniLM-L6-v2``), a local model folder,
+            or ``package:<module>/<folder>`` for one shipped in an installed package.
+        config: instead of pretrained weights, a randomly initialised model from this config, e.g.
+            ``{"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, ...}``.
+        tokenizer: tokenizer name or folder; defaults to ``model_name_or_path``.
+        freeze: keep the transformer's weights fixed.
+        max_length: tokens kept per text.
+        trust_remote_code: allow code shipped with a hub model to run; off unless you trust its source.
+        grad_checkpointing: trade compute for memory in the transformer.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        config: dict[str, Any] | None = None,
+        tokenizer: str | None = None,
+        freeze: bool = False,
+        max_length: int = 64,
+        trust_remote_code: bool = False,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if (model_name_or_path is None) == (config is None):
+            raise ValueError("text encoder: set exactly one of model_name_or_path and config")
+        if tokenizer is None and model_name_or_path is None:
+            raise ValueError("text encoder: a model built from `config` needs `tokenizer` (a name or folder)")
+        self.tokenizer_location = resolve_location(tokenizer or model_name_or_path)
+        self.max_length = max_length
+        self.trust_remote_code = trust_remote_code
+        if config is not None:
+            config = dict(config)
+            model_config = AutoConfig.for_model(config.pop("model_type"), **config)
+            self.model = AutoModel.from_config(model_config)
+        else:
+            location = resolve_location(model_name_or_path)
+            try:
+                if is_restoring_checkpoint():
+                    model_config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+                    self.model = AutoModel.from_config(model_config, trust_remote_code=trust_remote_code)
+                else:
+                    self.model = AutoModel.from_pretrained(location, trust_remote_code=trust_remote_code)
+            except OSError as error:
+                raise OSError(
+                    f"could not load text model {model_name_or_path!r}: not a local folder with a config.json, "
+                    f"and the hub could not provide it ({type(error).__name__}); check the name or path"
+                ) from None
+        if grad_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.output_dim = int(self.model.config.hidden_size)
+        if freeze:
+            self.freeze()
+
+    @cached_property
+    def _tokenizer(self) -> Any:
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location, trust_remote_code=self.trust_remote_code)
+        vocab = self.model.config.vocab_size
+        if len(tokenizer) > vocab:
+            raise ValueError(
+                f"tokenizer {self.tokenizer_location!r} has {len(tokenizer)} tokens but the text model's vocabulary "
+                f"has {vocab}; use the model's own tokenizer or a config with vocab_size >= {len(tokenizer)}"
+            )
+        return tokenizer
+
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_tokenizer"}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)

@@ -1,0 +1,37 @@
+"""The user tower: who the user is, what they interacted with recently, and how they behave."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class UserTower(nn.Module):
+    """user vector = ID embedding + W_h · mean(history item vectors) + MLP(behaviour statistics).
+
+    Args:
+        num_users: size of the user-ID embedding table.
+        dim: vector size, the same as the item vectors (scores are dot products).
+        num_stats: behaviour statistics per user (log interaction count, log days since the last one).
+        dropout: dropout on the output.
+    """
+
+    def __init__(self, num_users: int, dim: int, num_stats: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_users, dim)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        self.history = nn.Linear(dim, dim, bias=False)
+        self.stats = nn.Sequential(nn.Linear(num_stats, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        users: torch.Tensor,
+        history: torch.Tensor,
+        history_mask: torch.Tensor,
+        stats: torch.Tensor,
+    ) -> torch.Tensor:
+        """``history`` ``[B, L, D]`` item vectors with ``history_mask`` ``[B, L]``; ``stats`` ``[B, S]``."""
+        weights = history_mask.unsqueeze(-1).to(history.dtype)
+        pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.dropout(self.embedding(users) + self.history(pooled) + self.stats(stats.to(history.dtype)))

@@ -1,0 +1,190 @@
+"""What every recommender in the harness shares: the full-ranking evaluation protocol.
+
+Evaluation runs over two loaders in order (see ``RecDataModule.val_dataloader``): first the item
+catalogue, which is encoded once into a table of item vectors; then the users, each scored against the
+whole table in chunks, with their training items masked, and the top-K compared with their held-out items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from mmrec_lightning.data.items import ItemPreprocessing
+from mmrec_lightning.encoders.weights import restoring_checkpoint
+from mmrec_lightning.metrics import RankingMetrics
+
+CATALOGUE, USERS = 0, 1
+
+
+def rank_items(
+    users: torch.Tensor,
+    items: torch.Tensor,
+    exclude_rows: torch.Tensor,
+    exclude_items: torch.Tensor,
+    k: int,
+    chunk_size: int = 1 << 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` items ``(scores, indices)`` for each user by dot product, never an excluded (row, item)
+    pair. The catalogue is scored ``chunk_size`` items at a time and the per-chunk top-k merged, so memory
+    is bounded by ``users x chunk_size`` whatever the catalogue size."""
+    best_scores = best_items = None
+    for start in range(0, items.shape[0], chunk_size):
+        block = items[start : start + chunk_size]
+        scores = (users @ block.T).float()
+        inside = (exclude_items >= start) & (exclude_items < start + block.shape[0])
+        scores[exclude_rows[inside], exclude_items[inside] - start] = float("-inf")
+        top_scores, top_items = scores.topk(min(k, block.shape[0]), dim=1)
+        top_items = top_items + start
+        if best_scores is not None:
+            top_scores = torch.cat([best_scores, top_scores], dim=1)
+            top_items = torch.cat([best_items, top_items], dim=1)
+            top_scores, order = top_scores.topk(min(k, top_scores.shape[1]), dim=1)
+            top_items = top_items.gather(1, order)
+        best_scores, best_items = top_scores, top_items
+    return best_scores, best_items
+
+
+def hits_of(top_items: torch.Tensor, target_rows: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
+    """``[users, k]`` bool: whether each ranked item is one of the user's (row, item) targets."""
+    hits = torch.zeros(top_items.shape, dtype=torch.long, device=top_items.device)
+    hits.index_add_(0, target_rows, (top_items[target_rows] == target_items.unsqueeze(1)).long())
+    return hits > 0
+
+
+class RecommenderModule(L.LightningModule):
+    """Base of every model: full-ranking validation, test and prediction over the whole catalogue.
+
+    Subclasses implement ``encode_items`` (a batch of item content -> vectors) and ``encode_users`` (a batch
+    of users, given the table of all item vectors -> vectors); scores are their dot products.
+
+    Args:
+        num_users: number of users (linked from the data).
+        num_items: number of items (linked from the data).
+        num_categories: number of item categories (linked from the data).
+        top_k: the cut-offs K of the evaluation metrics.
+        eval_chunk_size: items scored at once in evaluation (bounds memory for large catalogues).
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        num_categories: int = 0,
+        top_k: Sequence[int] = (10, 20, 50),
+        eval_chunk_size: int = 1 << 16,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if num_users < 1 or num_items < 1:
+            raise ValueError(f"model: num_users and num_items must be positive, got {num_users}, {num_items}")
+        if max(top_k) > num_items:
+            raise ValueError(f"model.top_k: K={max(top_k)} is larger than the catalogue ({num_items} items)")
+        self.num_users, self.num_items, self.num_categories = num_users, num_items, num_categories
+        self.eval_chunk_size = eval_chunk_size
+        self.val_metrics = RankingMetrics(top_k)
+        self.test_metrics = RankingMetrics(top_k)
+        self._item_chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._item_table: torch.Tensor | None = None
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """As Lightning's, but encoders skip their pretrained weights: the checkpoint holds them."""
+        with restoring_checkpoint():
+            return super().load_from_checkpoint(*args, **kwargs)
+
+    # --- what subclasses provide ---------------------------------------------------------------------
+
+    def item_preprocessing(self) -> ItemPreprocessing:
+        """How the data module should prepare item content for this model (nothing by default)."""
+        return ItemPreprocessing()
+
+    def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- the catalogue table -------------------------------------------------------------------------
+
+    def _reset_catalogue(self) -> None:
+        self._item_chunks, self._item_table = [], None
+
+    def _add_items(self, items: dict[str, torch.Tensor]) -> None:
+        self._item_chunks.append((items["item_ids"], self.encode_items(items).float()))
+
+    def _catalogue(self) -> torch.Tensor:
+        """All item vectors, in item order, gathered from every rank the first time they are needed."""
+        if self._item_table is None:
+            ids = torch.cat([c[0] for c in self._item_chunks])
+            vectors = torch.cat([c[1] for c in self._item_chunks])
+            if self.trainer.world_size > 1:
+                ids, vectors = self._gather_uneven(ids), self._gather_uneven(vectors)
+            table = vectors.new_zeros(self.num_items, vectors.shape[1])
+            table[ids] = vectors
+            self._item_table, self._item_chunks = table, []
+        return self._item_table
+
+    def _gather_uneven(self, tensor: torch.Tensor) -> torch.Tensor:
+        """all_gather for shards of different lengths (the unpadded evaluation samplers)."""
+        size = torch.tensor([tensor.shape[0]], device=tensor.device)
+        sizes = self.all_gather(size).flatten().tolist()
+        padded = F.pad(tensor, (0, 0) * (tensor.dim() - 1) + (0, max(sizes) - tensor.shape[0]))
+        gathered = self.all_gather(padded)
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+
+    # --- evaluation ----------------------------------------------------------------------------------
+
+    def _score_users(self, batch: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        table = self._catalogue()
+        users = self.encode_users(batch, table).float()
+        return rank_items(users, table, batch["exclude_rows"], batch["exclude_items"], k, self.eval_chunk_size)
+
+    def _evaluation_step(self, batch: dict, dataloader_idx: int, metrics: RankingMetrics) -> None:
+        if dataloader_idx == CATALOGUE:
+            self._add_items(batch)
+            return
+        _, top = self._score_users(batch, metrics.max_k)
+        hits = hits_of(top, batch["target_rows"], batch["target_items"])
+        num_relevant = torch.bincount(batch["target_rows"], minlength=len(batch["users"]))
+        metrics.update_from_hits(hits, num_relevant)
+
+    def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
+        values = metrics.compute()
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, add_dataloader_idx=False)
+        metrics.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_catalogue()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(batch, dataloader_idx, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+        self._reset_catalogue()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_catalogue()
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(batch, dataloader_idx, self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+        self._reset_catalogue()
+
+    def on_predict_epoch_start(self) -> None:
+        self._reset_catalogue()
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor] | None:
+        """Top-K (largest K of ``top_k``) items and scores of each user, training items excluded."""
+        if dataloader_idx == CATALOGUE:
+            self._add_items(batch)
+            return None
+        scores, items = self._score_users(batch, self.test_metrics.max_k)
+        return {"users": batch["users"], "items": items, "scores": scores}

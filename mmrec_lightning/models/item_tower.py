@@ -1,0 +1,109 @@
+"""The item tower: per-modality vectors h_m(x_m) (encoder + projection), fused into one item vector."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
+from mmrec_lightning.fusion import FusionFactory
+
+
+class ItemTower(nn.Module):
+    """Encodes items from whichever of image, text and item ID are configured.
+
+    An item's ID modality counts as available only if the item occurred in training (a cold item's ID
+    embedding was never trained); images and texts that are missing are masked too. During training each
+    available modality is dropped with probability ``modality_dropout`` (never all of an item's), so the
+    fused vector stays useful when a modality is absent — which is what lets cold items be placed.
+
+    Args:
+        num_items: size of the item-ID embedding table.
+        dim: item vector size D.
+        fusion: the fusion factory ``(num_modalities, dim) -> Fusion``.
+        image_encoder: optional image encoder.
+        text_encoder: optional text encoder.
+        use_item_id: whether the item-ID embedding is a modality.
+        modality_dropout: training-time probability of hiding each available modality.
+        cache_frozen: keep the output of each frozen encoder per item in memory after its first encoding, so
+            training with frozen encoders runs at embedding speed (frozen image encoders then see the
+            deterministic evaluation transform, see ``augment_images``).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        fusion: FusionFactory,
+        image_encoder: ImageEncoder | None = None,
+        text_encoder: TextEncoder | None = None,
+        use_item_id: bool = True,
+        modality_dropout: float = 0.0,
+        cache_frozen: bool = True,
+    ) -> None:
+        super().__init__()
+        self.modalities: list[str] = []
+        self.image_encoder, self.text_encoder = image_encoder, text_encoder
+        self.cache_frozen = cache_frozen
+        for name, encoder in (("image", image_encoder), ("text", text_encoder)):
+            if encoder is None:
+                continue
+            setattr(self, f"{name}_projection", nn.Linear(encoder.output_dim, dim))
+            self.modalities.append(name)
+            if cache_frozen and encoder.frozen:
+                self.register_buffer(f"_{name}_cache", torch.zeros(num_items, encoder.output_dim), persistent=False)
+                self.register_buffer(f"_{name}_cached", torch.zeros(num_items, dtype=torch.bool), persistent=False)
+        if use_item_id:
+            self.item_embedding = nn.Embedding(num_items, dim)
+            nn.init.normal_(self.item_embedding.weight, std=0.1)
+            self.modalities.append("id")
+        if not self.modalities:
+            raise ValueError("model: configure at least one of image_encoder, text_encoder and use_item_id")
+        self.fusion = fusion(len(self.modalities), dim)
+        self.modality_dropout = modality_dropout
+
+    @property
+    def augment_images(self) -> bool:
+        """Whether training images should be augmented (not when a frozen encoder's features are cached)."""
+        return self.image_encoder is not None and not hasattr(self, "_image_cache")
+
+    def _encode(self, name: str, encode: Callable[[torch.Tensor], torch.Tensor], item_ids: torch.Tensor) -> torch.Tensor:
+        """``encode(rows)`` for the batch, served from the frozen-encoder cache where one is kept."""
+        if not hasattr(self, f"_{name}_cache"):
+            return encode(torch.arange(len(item_ids), device=item_ids.device))
+        cache, cached = getattr(self, f"_{name}_cache"), getattr(self, f"_{name}_cached")
+        missing = torch.nonzero(~cached[item_ids]).flatten()
+        if len(missing):
+            with torch.no_grad():
+                cache[item_ids[missing]] = encode(missing).to(cache.dtype)
+            cached[item_ids[missing]] = True
+        return cache[item_ids]
+
+    def modality_vectors(self, items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """h ``[B, M, D]`` and the availability mask ``[B, M]``, in the order of ``self.modalities``."""
+        vectors, masks = [], []
+        ids = items["item_ids"]
+        if self.image_encoder is not None:
+            features = self._encode("image", lambda rows: self.image_encoder(items["image"][rows]), ids)
+            vectors.append(self.image_projection(features))
+            masks.append(items["image_mask"])
+        if self.text_encoder is not None:
+            features = self._encode(
+                "text", lambda rows: self.text_encoder(items["input_ids"][rows], items["attention_mask"][rows]), ids
+            )
+            vectors.append(self.text_projection(features))
+            masks.append(items["text_mask"])
+        if "id" in self.modalities:
+            vectors.append(self.item_embedding(items["item_ids"]))
+            masks.append(items["id_mask"])
+        return torch.stack(vectors, 1), torch.stack(masks, 1)
+
+    def forward(self, items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused item vectors ``[B, D]`` and modality weights ``[B, M]``."""
+        h, mask = self.modality_vectors(items)
+        if self.training and self.modality_dropout > 0:
+            dropped = mask & (torch.rand(mask.shape, device=mask.device) >= self.modality_dropout)
+            mask = torch.where(dropped.any(1, keepdim=True), dropped, mask)
+        return self.fusion(h, mask)

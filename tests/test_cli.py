@@ -1,0 +1,111 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_BERT
+from mmrec_lightning.__main__ import main as entry_point
+from mmrec_lightning.cli import RecommenderCLI
+from mmrec_lightning.models import MultimodalRecommender
+
+CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
+
+
+def tiny_config(tmp_path: Path, data_path: Path, tokenizer_dir: Path, **trainer) -> Path:
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path / "runs"),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs")}},
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"monitor": "val/recall@20", "mode": "max", "save_last": True},
+                }
+            ],
+            **trainer,
+        },
+        "model": {
+            "class_path": "mmrec_lightning.models.MultimodalRecommender",
+            "init_args": {
+                "image_encoder": {
+                    "class_path": "mmrec_lightning.encoders.image.TimmImageEncoder",
+                    "init_args": {"model_name": "test_efficientnet", "image_size": 32},
+                },
+                "text_encoder": {
+                    "class_path": "mmrec_lightning.encoders.text.HFTextEncoder",
+                    "init_args": {"config": TINY_BERT, "tokenizer": str(tokenizer_dir), "max_length": 16},
+                },
+                "embed_dim": 16,
+                "top_k": [5, 20],
+            },
+        },
+        "data": {"path": str(data_path), "batch_size": 64, "history_length": 5},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        RecommenderCLI(args=["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_help_works_for_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        RecommenderCLI(args=[command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--config" in capsys.readouterr().out
+
+
+def test_prepare_help_and_the_top_level_usage(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["mmrec_lightning", "prepare", "--source", "synthetic", "--help"])
+    with pytest.raises(SystemExit):
+        entry_point()
+    assert "--users" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["mmrec_lightning"])
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point()
+    assert exit_info.value.code == 0 and "prepare" in capsys.readouterr().out
+
+
+def test_prepare_command_writes_a_dataset(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "prepared"
+    monkeypatch.setattr("sys.argv", ["mmrec_lightning", "prepare", "--source", "synthetic", "--output", str(out), "--users", "20", "--items", "15", "--seed", "3"])
+    entry_point()
+    summary = capsys.readouterr().out
+    assert "users 20  items 15" in summary
+    assert json.loads((out / "metadata.json").read_text())["source_options"]["seed"] == 3
+
+
+def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, tokenizer_dir):
+    config = tiny_config(tmp_path, synthetic_dir, tokenizer_dir)
+    cli = RecommenderCLI(args=["fit", "--config", str(config), "--test_after_fit=true"])
+    run_dir = Path(cli.trainer.log_dir)
+    results = json.loads((run_dir / "test_metrics.json").read_text())
+    assert set(results) == {"MultimodalRecommender", "Popularity"}
+    assert {"recall@20", "ndcg@20", "precision@5", "map@5", "hit@20"} <= set(results["Popularity"])
+    assert (run_dir / "config.yaml").is_file()
+    best = cli.trainer.checkpoint_callback.best_model_path
+
+    tested = RecommenderCLI(args=["test", "--config", str(config), "--ckpt_path", best])
+    again = {k.removeprefix("test/"): float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")}
+    for name, value in results["MultimodalRecommender"].items():
+        assert again[name] == pytest.approx(value, abs=1e-6), name
+
+    model = MultimodalRecommender.load_from_checkpoint(best, weights_only=True)
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key

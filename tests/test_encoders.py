@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from conftest import TINY_BERT
+from mmrec_lightning.encoders.image import TimmImageEncoder
+from mmrec_lightning.encoders.text import HFTextEncoder
+from mmrec_lightning.encoders.weights import resolve_location, restoring_checkpoint
+
+
+def test_unknown_timm_model_is_one_clear_line():
+    with pytest.raises(ValueError, match=r"unknown timm model 'resnet5O'; did you mean"):
+        TimmImageEncoder("resnet5O")
+
+
+def test_unknown_text_model_path_is_one_clear_line(tmp_path):
+    with pytest.raises(OSError, match="could not load text model"):
+        HFTextEncoder(str(tmp_path / "no-such-model"))
+
+
+def test_local_timm_checkpoint_loads_by_name_and_by_position(tmp_path):
+    reference = TimmImageEncoder("test_efficientnet")
+    state = reference.model.state_dict()
+    torch.save(state, tmp_path / "same_names.pth")
+    renamed = {f"other.{i}": v for i, v in enumerate(state.values())}
+    renamed["classifier.weight"] = torch.zeros(10, reference.output_dim)  # trailing extras are ignored
+    torch.save(renamed, tmp_path / "other_names.pth")
+    for name in ("same_names.pth", "other_names.pth"):
+        loaded = TimmImageEncoder("test_efficientnet", pretrained=str(tmp_path / name))
+        for key, value in loaded.model.state_dict().items():
+            assert torch.equal(value, state[key]), key
+
+
+def test_a_checkpoint_for_another_architecture_is_refused(tmp_path):
+    torch.save(TimmImageEncoder("test_resnet").model.state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(ValueError, match="does not fit this timm model"):
+        TimmImageEncoder("test_efficientnet", pretrained=str(tmp_path / "resnet.pth"))
+
+
+def test_restoring_a_checkpoint_skips_pretrained_weights(tmp_path):
+    with restoring_checkpoint():
+        TimmImageEncoder("test_efficientnet", pretrained=str(tmp_path / "does-not-exist.pth"))
+
+
+def test_package_locations_resolve_inside_installed_packages():
+    assert resolve_location("package:mmrec_lightning/encoders").endswith("mmrec_lightning/encoders")
+    assert resolve_location("resnet50") == "resnet50"
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        resolve_location("package:no_such_package_here/model")
+
+
+def test_text_encoder_from_a_config_mean_pools_over_real_tokens(tokenizer_dir):
+    encoder = HFTextEncoder(config=TINY_BERT, tokenizer=str(tokenizer_dir)).eval()
+    tokens = encoder.tokenizer()(["modern wooden chair", "lamp"], padding=True, return_tensors="pt")
+    out = encoder(tokens["input_ids"], tokens["attention_mask"])
+    assert out.shape == (2, TINY_BERT["hidden_size"])
+    alone = encoder(tokens["input_ids"][1:, :3], tokens["attention_mask"][1:, :3])
+    assert torch.allclose(out[1], alone[0], atol=1e-5)  # padding does not change the vector
+
+
+def test_frozen_encoders_do_not_train():
+    encoder = TimmImageEncoder("test_efficientnet", freeze=True)
+    encoder.train()
+    assert not encoder.training
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tokenizer_dir):
+    encoder = HFTextEncoder(config={**TINY_BERT, "vocab_size": 10}, tokenizer=str(tokenizer_dir))
+    with pytest.raises(ValueError, match="vocabulary"):
+        encoder.tokenizer()
