@@ -41,7 +41,9 @@ class SampledSoftmaxLoss(RecommendationLoss):
         user, positive, negatives = user.float(), positive.float(), negatives.float()
         in_batch = user @ positive.T
         same_item = positive_ids.unsqueeze(0) == positive_ids.unsqueeze(1)
-        in_batch = in_batch.masked_fill(same_item & ~torch.eye(len(user), dtype=torch.bool, device=user.device), float("-inf"))
+        in_batch = in_batch.masked_fill(
+            same_item & ~torch.eye(len(user), dtype=torch.bool, device=user.device), float("-inf")
+        )
         sampled = torch.einsum("bd,bnd->bn", user, negatives)
         logits = torch.cat([in_batch, sampled], dim=1) / self.temperature
         return F.cross_entropy(logits, torch.arange(len(user), device=user.device))

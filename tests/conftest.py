@@ -27,7 +27,9 @@ TINY_BERT = {
 
 def write_synthetic(path: Path, spec: syn.SyntheticSpec = TINY_SPEC) -> Path:
     data = syn.generate(spec)
-    return write_prepared(path, interactions=data.interactions, items=data.items, users=data.users, metadata=data.metadata)
+    return write_prepared(
+        path, interactions=data.interactions, items=data.items, users=data.users, metadata=data.metadata
+    )
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +48,16 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(words, trainers.WordPieceTrainer(vocab_size=TINY_BERT["vocab_size"], special_tokens=specials))
+    tokenizer.train_from_iterator(
+        words, trainers.WordPieceTrainer(vocab_size=TINY_BERT["vocab_size"], special_tokens=specials)
+    )
     path = tmp_path_factory.mktemp("tokenizer")
     PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
         mask_token="[MASK]",
     ).save_pretrained(path)
     return path

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_BERT
+
 from mmrec_lightning.__main__ import main as entry_point
 from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.models import MultimodalRecommender
@@ -23,7 +23,10 @@ def tiny_config(tmp_path: Path, data_path: Path, tokenizer_dir: Path, **trainer)
             "enable_progress_bar": False,
             "enable_model_summary": False,
             "default_root_dir": str(tmp_path / "runs"),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "runs")}},
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs")},
+            },
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -83,7 +86,23 @@ def test_prepare_help_and_the_top_level_usage(monkeypatch, capsys):
 
 def test_prepare_command_writes_a_dataset(tmp_path, monkeypatch, capsys):
     out = tmp_path / "prepared"
-    monkeypatch.setattr("sys.argv", ["mmrec_lightning", "prepare", "--source", "synthetic", "--output", str(out), "--users", "20", "--items", "15", "--seed", "3"])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "mmrec_lightning",
+            "prepare",
+            "--source",
+            "synthetic",
+            "--output",
+            str(out),
+            "--users",
+            "20",
+            "--items",
+            "15",
+            "--seed",
+            "3",
+        ],
+    )
     entry_point()
     summary = capsys.readouterr().out
     assert "users 20  items 15" in summary
@@ -101,7 +120,9 @@ def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, 
     best = cli.trainer.checkpoint_callback.best_model_path
 
     tested = RecommenderCLI(args=["test", "--config", str(config), "--ckpt_path", best])
-    again = {k.removeprefix("test/"): float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")}
+    again = {
+        k.removeprefix("test/"): float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")
+    }
     for name, value in results["MultimodalRecommender"].items():
         assert again[name] == pytest.approx(value, abs=1e-6), name
 

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_BERT, TINY_SPEC
+
 from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.data.items import ItemPreprocessing
 from mmrec_lightning.data.schema import PreparedDatasetError
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
-from mmrec_lightning.data.items import ItemPreprocessing
 
 
 @pytest.fixture(scope="module")

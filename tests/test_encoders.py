@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import TINY_BERT
+
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
 from mmrec_lightning.encoders.weights import resolve_location, restoring_checkpoint

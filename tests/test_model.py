@@ -1,6 +1,6 @@
 import torch
-
 from conftest import TINY_BERT, TINY_SPEC
+
 from mmrec_lightning.data.datamodule import RecDataModule
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
@@ -76,7 +76,9 @@ def test_bpr_and_sampled_softmax_by_hand():
     positive = torch.tensor([[2.0, 0.0]])
     negatives = torch.tensor([[[1.0, 0.0], [0.0, 5.0]]])
     # BPR: s+ = 2, s- = (1, 0): mean(-log σ(1), -log σ(2))
-    expected = -(torch.nn.functional.logsigmoid(torch.tensor(1.0)) + torch.nn.functional.logsigmoid(torch.tensor(2.0))) / 2
+    expected = (
+        -(torch.nn.functional.logsigmoid(torch.tensor(1.0)) + torch.nn.functional.logsigmoid(torch.tensor(2.0))) / 2
+    )
     assert torch.allclose(BPRLoss()(user, positive, negatives, torch.tensor([3])), expected)
     # softmax over [s+, s-1, s-2] / T with T = 1: -log(e^2 / (e^2 + e^1 + e^0))
     loss = SampledSoftmaxLoss(temperature=1.0)(user, positive, negatives, torch.tensor([3]))

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import TINY_SPEC, write_synthetic
 from PIL import Image
 
-from conftest import TINY_SPEC, write_synthetic
 from mmrec_lightning.data.schema import SCHEMA_VERSION, PreparedDataset, PreparedDatasetError, write_prepared
 from mmrec_lightning.data.sources import synthetic as syn
 
@@ -38,7 +38,9 @@ def _tables(n_users=3, n_items=4):
 
 def test_round_trip_keeps_every_interaction_grouped_by_user_in_time_order(tmp_path):
     interactions, items, users = _tables()
-    path = write_prepared(tmp_path / "d", interactions=interactions, items=items.to_batches(), users=users, metadata={"source": "test"})
+    path = write_prepared(
+        tmp_path / "d", interactions=interactions, items=items.to_batches(), users=users, metadata={"source": "test"}
+    )
     dataset = PreparedDataset(path)
     dataset.validate()
     assert dataset.metadata["schema_version"] == SCHEMA_VERSION
@@ -73,7 +75,13 @@ def test_interactions_naming_an_unknown_item_are_refused_with_the_row(tmp_path):
 def test_a_missing_column_is_named(tmp_path):
     interactions, items, users = _tables()
     with pytest.raises(PreparedDatasetError, match="interactions: missing column 'timestamp'"):
-        write_prepared(tmp_path / "d", interactions=interactions.drop(["timestamp"]), items=items.to_batches(), users=users, metadata={})
+        write_prepared(
+            tmp_path / "d",
+            interactions=interactions.drop(["timestamp"]),
+            items=items.to_batches(),
+            users=users,
+            metadata={},
+        )
 
 
 def test_a_duplicate_item_is_named(tmp_path):
@@ -108,8 +116,8 @@ def test_a_newer_schema_version_is_refused(synthetic_dir, tmp_path):
 
 def test_synthetic_data_is_deterministic_for_a_seed(tmp_path):
     a, b = write_synthetic(tmp_path / "a"), write_synthetic(tmp_path / "b")
-    for name in ("interactions.arrow", "items.arrow", "users.arrow"):
-        assert PreparedDataset(a).__getattribute__(name.split(".")[0]).equals(PreparedDataset(b).__getattribute__(name.split(".")[0]))
+    for table in ("interactions", "items", "users"):
+        assert getattr(PreparedDataset(a), table).equals(getattr(PreparedDataset(b), table))
 
 
 def test_synthetic_data_has_cold_items_modalities_and_categories(synthetic_dir):

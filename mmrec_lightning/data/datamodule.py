@@ -151,9 +151,7 @@ class RecDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        dataset = TrainInteractions(
-            self.train_split, self.num_items, hp.num_negatives, hp.history_length, hp.seed
-        )
+        dataset = TrainInteractions(self.train_split, self.num_items, hp.num_negatives, hp.history_length, hp.seed)
         world_size, rank = self._world
         sampler = EpochSampler(len(dataset), num_replicas=world_size, rank=rank, seed=hp.seed)
         return self._loader(dataset, hp.batch_size, TrainCollator(self._content(), hp.seed), sampler)
@@ -166,9 +164,7 @@ class RecDataModule(L.LightningDataModule):
     def users_dataloader(self, split: str | None) -> DataLoader:
         """Users to rank for: those with interactions in ``split``, or every user when it is None."""
         assert self.dataset is not None, "call setup() first"
-        also_exclude = (
-            self.dataset.split("valid") if split == "test" and self.hparams.mask_valid_at_test else None
-        )
+        also_exclude = self.dataset.split("valid") if split == "test" and self.hparams.mask_valid_at_test else None
         target = self.dataset.split(split) if split is not None else None
         dataset = EvalUsers(self.train_split, target, self.hparams.history_length, also_exclude)
         return self._loader(dataset, self.hparams.eval_batch_size, collate_eval_users, self._eval_sampler(dataset))

@@ -51,9 +51,7 @@ class TrainInteractions(Dataset):
     drawn from a generator seeded by (seed, epoch, index).
     """
 
-    def __init__(
-        self, train: SplitIndex, num_items: int, num_negatives: int, history_length: int, seed: int
-    ) -> None:
+    def __init__(self, train: SplitIndex, num_items: int, num_negatives: int, history_length: int, seed: int) -> None:
         self.train = train
         self.num_items = num_items
         self.num_negatives = num_negatives
@@ -92,9 +90,7 @@ class TrainCollator:
         positives = np.array([e["item"] for e in examples], dtype=np.int64)
         negatives = np.stack([e["negatives"] for e in examples])
         histories = [e["history"] for e in examples]
-        unique, inverse = np.unique(
-            np.concatenate([positives, negatives.ravel(), *histories]), return_inverse=True
-        )
+        unique, inverse = np.unique(np.concatenate([positives, negatives.ravel(), *histories]), return_inverse=True)
         n, k = len(positives), negatives.size
         offsets = np.cumsum([n + k] + [len(h) for h in histories])
         history, history_mask = _pad(

@@ -67,4 +67,3 @@ def seeded_augmentation(seed: int, epoch: int, index: int) -> Iterator[None]:
             yield
         finally:
             random.setstate(state)
-

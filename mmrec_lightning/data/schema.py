@@ -105,12 +105,16 @@ def _checked_items(batches: Iterable[pa.RecordBatch | pa.Table], report: dict[st
             if reason is not None:
                 log.warning(
                     "item %d (raw id %r): image unreadable (%s); kept without an image",
-                    expected + offset, raw_ids[offset], reason,
+                    expected + offset,
+                    raw_ids[offset],
+                    reason,
                 )
                 images[offset] = None
                 report["unreadable_images"] += 1
         expected += len(ids)
-        yield from batch.set_column(ITEMS_SCHEMA.names.index("image"), "image", pa.array(images, pa.binary())).to_batches()
+        yield from batch.set_column(
+            ITEMS_SCHEMA.names.index("image"), "image", pa.array(images, pa.binary())
+        ).to_batches()
 
 
 def _check_interactions(interactions: pa.Table, num_users: int, num_items: int) -> None:
@@ -129,9 +133,7 @@ def _check_interactions(interactions: pa.Table, num_users: int, num_items: int) 
         raise PreparedDatasetError(f"interactions row {bad[0]}: split {split[bad[0]]} is not 0 (train), 1 or 2")
 
 
-def _write_table(
-    path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]
-) -> dict[str, int]:
+def _write_table(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> dict[str, int]:
     """Stream batches into an Arrow IPC file; returns the row count and each column's non-null count."""
     counts = {"rows": 0, **{name: 0 for name in schema.names}}
     with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:

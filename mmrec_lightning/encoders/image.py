@@ -42,8 +42,7 @@ def load_timm_checkpoint(model: torch.nn.Module, path: str) -> None:
         return
     ordered = list(state.items())
     if len(ordered) >= len(target) and all(
-        value.shape == target_value.shape
-        for (_, value), target_value in zip(ordered, target.values(), strict=False)
+        value.shape == target_value.shape for (_, value), target_value in zip(ordered, target.values(), strict=False)
     ):
         log.info("%s: tensor names differ from timm's; matched %d tensors by position", path, len(target))
         model.load_state_dict({name: value for name, (_, value) in zip(target, ordered, strict=False)})

@@ -69,7 +69,9 @@ class ItemTower(nn.Module):
         """Whether training images should be augmented (not when a frozen encoder's features are cached)."""
         return self.image_encoder is not None and not hasattr(self, "_image_cache")
 
-    def _encode(self, name: str, encode: Callable[[torch.Tensor], torch.Tensor], item_ids: torch.Tensor) -> torch.Tensor:
+    def _encode(
+        self, name: str, encode: Callable[[torch.Tensor], torch.Tensor], item_ids: torch.Tensor
+    ) -> torch.Tensor:
         """``encode(rows)`` for the batch, served from the frozen-encoder cache where one is kept."""
         if not hasattr(self, f"_{name}_cache"):
             return encode(torch.arange(len(item_ids), device=item_ids.device))

@@ -60,7 +60,14 @@ class MultimodalRecommender(RecommenderModule):
     ) -> None:
         super().__init__(num_users, num_items, num_categories, top_k, eval_chunk_size)
         self.item_tower = ItemTower(
-            num_items, embed_dim, fusion, image_encoder, text_encoder, use_item_id, modality_dropout, cache_frozen_features
+            num_items,
+            embed_dim,
+            fusion,
+            image_encoder,
+            text_encoder,
+            use_item_id,
+            modality_dropout,
+            cache_frozen_features,
         )
         self.user_tower = UserTower(num_users, embed_dim, dropout=dropout)
         self.loss = loss if loss is not None else BPRLoss()
@@ -88,9 +95,7 @@ class MultimodalRecommender(RecommenderModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         items = batch["items"]
         vectors, weights = self.item_tower(items)
-        user = self.user_tower(
-            batch["users"], vectors[batch["history"]], batch["history_mask"], batch["stats"]
-        )
+        user = self.user_tower(batch["users"], vectors[batch["history"]], batch["history_mask"], batch["stats"])
         rec_loss = self.loss(
             user, vectors[batch["positives"]], vectors[batch["negatives"]], items["item_ids"][batch["positives"]]
         )
