@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from mmrec_lightning.errors import find_configuration_error
+
 COMMANDS = """usage: python -m mmrec_lightning <command> [options]
 
 commands:
@@ -13,7 +15,17 @@ commands:
 
 
 def main() -> None:
-    command = sys.argv[1] if len(sys.argv) > 1 else None
+    try:
+        run(sys.argv[1] if len(sys.argv) > 1 else None)
+    except Exception as error:
+        problem = find_configuration_error(error)
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(command: str | None) -> None:
     if command == "prepare":
         from mmrec_lightning.data.prepare import main as prepare
 

@@ -130,3 +130,16 @@ def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, 
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+def test_a_bad_component_in_the_config_is_reported_in_one_line(
+    tmp_path, synthetic_dir, tokenizer_dir, monkeypatch, capsys
+):
+    config = tiny_config(tmp_path, synthetic_dir, tokenizer_dir)
+    bad = "--model.init_args.image_encoder.init_args.model_name=resnet5O"
+    monkeypatch.setattr("sys.argv", ["mmrec_lightning", "fit", "--config", str(config), bad])
+    with pytest.raises(SystemExit) as exit_info:
+        entry_point()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: unknown timm model 'resnet5O'; did you mean ['resnet50', 'resnet51q', 'resnet50t']?"]

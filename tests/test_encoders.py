@@ -5,6 +5,7 @@ from conftest import TINY_BERT
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
 from mmrec_lightning.encoders.weights import resolve_location, restoring_checkpoint
+from mmrec_lightning.errors import ConfigurationError
 
 
 def test_unknown_timm_model_is_one_clear_line():
@@ -13,7 +14,7 @@ def test_unknown_timm_model_is_one_clear_line():
 
 
 def test_unknown_text_model_path_is_one_clear_line(tmp_path):
-    with pytest.raises(OSError, match="could not load text model"):
+    with pytest.raises(ConfigurationError, match="could not load text model"):
         HFTextEncoder(str(tmp_path / "no-such-model"))
 
 
@@ -44,7 +45,7 @@ def test_restoring_a_checkpoint_skips_pretrained_weights(tmp_path):
 def test_package_locations_resolve_inside_installed_packages():
     assert resolve_location("package:mmrec_lightning/encoders").endswith("mmrec_lightning/encoders")
     assert resolve_location("resnet50") == "resnet50"
-    with pytest.raises(FileNotFoundError, match="not installed"):
+    with pytest.raises(ConfigurationError, match="not installed"):
         resolve_location("package:no_such_package_here/model")
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from mmrec_lightning.data.schema import SCHEMA_VERSION, PreparedDataset, PreparedDatasetError, write_prepared
 from mmrec_lightning.data.sources import synthetic as syn
+from mmrec_lightning.errors import ConfigurationError
 
 
 def _tables(n_users=3, n_items=4):
@@ -94,7 +95,7 @@ def test_a_duplicate_item_is_named(tmp_path):
 def test_an_existing_dataset_is_not_overwritten_by_accident(tmp_path):
     interactions, items, users = _tables()
     write_prepared(tmp_path / "d", interactions=interactions, items=items.to_batches(), users=users, metadata={})
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(ConfigurationError, match="--overwrite"):
         write_prepared(tmp_path / "d", interactions=interactions, items=items.to_batches(), users=users, metadata={})
 
 

@@ -23,6 +23,7 @@ from mmrec_lightning.data.items import ItemContent, ItemPreprocessing
 from mmrec_lightning.data.sampling import EpochSampler
 from mmrec_lightning.data.schema import PreparedDataset, PreparedDatasetError, write_prepared
 from mmrec_lightning.data.sources.synthetic import CATEGORIES, SyntheticSpec, generate
+from mmrec_lightning.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class RecDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if num_negatives < 1 or batch_size < 1 or history_length < 0:
-            raise ValueError(
+            raise ConfigurationError(
                 "data: num_negatives and batch_size must be >= 1 and history_length >= 0, got "
                 f"{num_negatives}, {batch_size}, {history_length}"
             )

@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 from PIL import Image
 
+from mmrec_lightning.errors import ConfigurationError
+
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
@@ -59,7 +61,7 @@ log = logging.getLogger(__name__)
 FILES = ("metadata.json", "interactions.arrow", "items.arrow", "users.arrow")
 
 
-class PreparedDatasetError(ValueError):
+class PreparedDatasetError(ConfigurationError):
     """A prepared dataset is missing, incomplete or inconsistent."""
 
 
@@ -173,7 +175,7 @@ def write_prepared(
     """
     output = Path(output)
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
+        raise ConfigurationError(f"{output} already exists; pass --overwrite to replace it")
     _require_columns(interactions, INTERACTIONS_SCHEMA, "interactions")
     _require_columns(users, USERS_SCHEMA, "users")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from timm.data import create_transform, resolve_model_data_config
 
 from mmrec_lightning.encoders.base import ImageEncoder
 from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
+from mmrec_lightning.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def _unwrap_state_dict(checkpoint: object, path: str) -> dict[str, torch.Tensor]
                 checkpoint = checkpoint[key]
                 break
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        raise ConfigurationError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in checkpoint.items()}
 
 
@@ -48,7 +49,7 @@ def load_timm_checkpoint(model: torch.nn.Module, path: str) -> None:
         model.load_state_dict({name: value for name, (_, value) in zip(target, ordered, strict=False)})
         return
     missing = sorted(set(target) - set(state))[:5]
-    raise ValueError(
+    raise ConfigurationError(
         f"{path} does not fit this timm model: missing {missing} (and tensors differ in order or shape); "
         "check that the checkpoint is for the same architecture"
     )
@@ -84,14 +85,16 @@ class TimmImageEncoder(ImageEncoder):
         super().__init__()
         if not timm.is_model(model_name):
             close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
-            raise ValueError(f"unknown timm model {model_name!r}" + (f"; did you mean {close}?" if close else ""))
+            raise ConfigurationError(
+                f"unknown timm model {model_name!r}" + (f"; did you mean {close}?" if close else "")
+            )
         from_hub = pretrained is True and not is_restoring_checkpoint()
         try:
             self.model = timm.create_model(model_name, pretrained=from_hub, num_classes=0)
         except Exception as error:
             if not from_hub:
                 raise
-            raise RuntimeError(
+            raise ConfigurationError(
                 f"could not fetch pretrained weights for timm model {model_name!r} ({error}); offline, pass "
                 "a local checkpoint path as `pretrained`"
             ) from error

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mmrec_lightning.encoders.base import TextEncoder
 from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
+from mmrec_lightning.errors import ConfigurationError
 
 
 class HFTextEncoder(TextEncoder):
@@ -39,9 +40,9 @@ class HFTextEncoder(TextEncoder):
     ) -> None:
         super().__init__()
         if (model_name_or_path is None) == (config is None):
-            raise ValueError("text encoder: set exactly one of model_name_or_path and config")
+            raise ConfigurationError("text encoder: set exactly one of model_name_or_path and config")
         if tokenizer is None and model_name_or_path is None:
-            raise ValueError("text encoder: a model built from `config` needs `tokenizer` (a name or folder)")
+            raise ConfigurationError("text encoder: a model built from `config` needs `tokenizer` (a name or folder)")
         self.tokenizer_location = resolve_location(tokenizer or model_name_or_path)
         self.max_length = max_length
         self.trust_remote_code = trust_remote_code
@@ -58,7 +59,7 @@ class HFTextEncoder(TextEncoder):
                 else:
                     self.model = AutoModel.from_pretrained(location, trust_remote_code=trust_remote_code)
             except OSError as error:
-                raise OSError(
+                raise ConfigurationError(
                     f"could not load text model {model_name_or_path!r}: not a local folder with a config.json, "
                     f"and the hub could not provide it ({type(error).__name__}); check the name or path"
                 ) from None
@@ -73,7 +74,7 @@ class HFTextEncoder(TextEncoder):
         tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location, trust_remote_code=self.trust_remote_code)
         vocab = self.model.config.vocab_size
         if len(tokenizer) > vocab:
-            raise ValueError(
+            raise ConfigurationError(
                 f"tokenizer {self.tokenizer_location!r} has {len(tokenizer)} tokens but the text model's vocabulary "
                 f"has {vocab}; use the model's own tokenizer or a config with vocab_size >= {len(tokenizer)}"
             )

