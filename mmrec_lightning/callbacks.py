@@ -47,12 +47,12 @@ class TestMetricsWriter(L.Callback):
         self.path: Path | None = None
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path is None:  # fixed by the first test, so later tests in the same run add to the same file
+            # trainer.log_dir is a collective under DDP: every rank asks, only rank 0 writes
+            self.path = Path(self.directory or trainer.log_dir or trainer.default_root_dir) / self.filename
         if not trainer.is_global_zero:
             return
-        if self.path is None:  # fixed by the first test, so later tests in the same run add to the same file
-            directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
-            directory.mkdir(parents=True, exist_ok=True)
-            self.path = directory / self.filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         results = json.loads(self.path.read_text()) if self.path.is_file() else {}
         results[type(pl_module).__name__] = {
             name.removeprefix("test/"): float(value)

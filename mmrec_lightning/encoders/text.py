@@ -63,6 +63,8 @@ class HFTextEncoder(TextEncoder):
                     f"could not load text model {model_name_or_path!r}: not a local folder with a config.json, "
                     f"and the hub could not provide it ({type(error).__name__}); check the name or path"
                 ) from None
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None  # mean pooling replaces it; unused parameters would stall DDP
         if grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.output_dim = int(self.model.config.hidden_size)

@@ -155,8 +155,10 @@ class RecommenderModule(L.LightningModule):
         metrics.update_from_hits(hits, num_relevant)
 
     def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
-        values = metrics.compute()
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, add_dataloader_idx=False)
+        values = metrics.compute()  # reduced over ranks by torchmetrics; sync_dist only averages equal values
+        self.log_dict(
+            {f"{stage}/{name}": value for name, value in values.items()}, add_dataloader_idx=False, sync_dist=True
+        )
         metrics.reset()
 
     def on_validation_epoch_start(self) -> None:
