@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
 SECRET_KEY = re.compile(r"(api[_-]?key|token|password|secret)", re.IGNORECASE)
@@ -27,7 +28,7 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
     to every logger (W&B shows it in the run's config panel). Runs on rank 0 only."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        config = redact(self.config.clone().as_dict())
+        config = redact(yaml.safe_load(self.parser.dump(self.config, skip_none=False)))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
 

@@ -3,10 +3,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import wandb
 import yaml
 from conftest import TINY_BERT
 
 from mmrec_lightning.__main__ import main as entry_point
+from mmrec_lightning.callbacks import redact
 from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.models import MultimodalRecommender
 
@@ -117,6 +119,8 @@ def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, 
     assert set(results) == {"MultimodalRecommender", "Popularity"}
     assert {"recall@20", "ndcg@20", "precision@5", "map@5", "hit@20"} <= set(results["Popularity"])
     assert (run_dir / "config.yaml").is_file()
+    logged = yaml.safe_load((run_dir / "hparams.yaml").read_text())["config"]  # sent to the logger
+    assert logged["model"]["init_args"]["image_encoder"]["init_args"]["model_name"] == "test_efficientnet"
     best = cli.trainer.checkpoint_callback.best_model_path
 
     tested = RecommenderCLI(args=["test", "--config", str(config), "--ckpt_path", best])
@@ -143,3 +147,26 @@ def test_a_bad_component_in_the_config_is_reported_in_one_line(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: unknown timm model 'resnet5O'; did you mean ['resnet50', 'resnet51q', 'resnet50t']?"]
+
+
+def test_secret_looking_config_values_never_reach_the_logger():
+    config = {"trainer": {"logger": {"init_args": {"api_key": "abc", "project": "p"}}}, "token": ["x"], "n": 1}
+    assert redact(config) == {
+        "trainer": {"logger": {"init_args": {"api_key": "<redacted>", "project": "p"}}},
+        "token": "<redacted>",
+        "n": 1,
+    }
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_receives_the_config(tmp_path, synthetic_dir, tokenizer_dir):
+    wandb_logger = {
+        "class_path": "lightning.pytorch.loggers.WandbLogger",
+        "init_args": {"save_dir": str(tmp_path / "runs"), "offline": True, "project": "test"},
+    }
+    config = tiny_config(tmp_path, synthetic_dir, tokenizer_dir, max_epochs=1, logger=wandb_logger)
+    RecommenderCLI(args=["fit", "--config", str(config)])
+    wandb.finish()
+    (run_file,) = (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")  # synced later by `wandb sync`
+    recorded = run_file.read_bytes()
+    assert b"test_efficientnet" in recorded and b"alpha_image" in recorded

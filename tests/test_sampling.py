@@ -2,42 +2,44 @@ import numpy as np
 import pytest
 
 from mmrec_lightning.data.datasets import TrainInteractions
-from mmrec_lightning.data.sampling import EpochSampler, sample_negatives
+from mmrec_lightning.data.sampling import EpochSampler
 from mmrec_lightning.data.schema import PreparedDataset
 
 
-def test_negatives_are_never_training_items():
-    rng = np.random.default_rng(0)
-    exclude = rng.choice(50, size=45, replace=False)
-    negatives = sample_negatives(rng, 50, exclude, size=500)
-    assert not np.isin(negatives, exclude).any()
-    assert set(negatives) == set(range(50)) - set(exclude)
+def _dataset(train, num_negatives=5, history_length=4, seed=0):
+    return TrainInteractions(train, num_items=40, num_negatives=num_negatives, history_length=history_length, seed=seed)
 
 
-def test_a_user_who_saw_every_item_has_no_negative():
+def test_a_user_who_saw_every_item_has_no_negative(synthetic_dir):
+    train = PreparedDataset(synthetic_dir).split("train")
+    dataset = TrainInteractions(train, num_items=int(train.items.max()) + 1, num_negatives=1, history_length=1, seed=0)
+    dataset._full_users = np.array([int(dataset[(0, 0)]["users"][0])])
     with pytest.raises(ValueError, match="every item"):
-        sample_negatives(np.random.default_rng(0), 5, np.arange(5), 1)
+        dataset[(0, 0)]
 
 
 def test_training_examples_exclude_the_users_training_items(synthetic_dir):
     train = PreparedDataset(synthetic_dir).split("train")
-    dataset = TrainInteractions(train, num_items=40, num_negatives=5, history_length=4, seed=0)
-    for index in range(len(dataset)):
-        example = dataset[(index, 0)]
-        assert not np.isin(example["negatives"], train.row(example["user"])).any()
-        row = train.row(example["user"])
-        position = index - train.indptr[example["user"]]
-        assert example["item"] == row[position]
-        assert list(example["history"]) == list(row[max(0, position - 4) : position])
+    batch = _dataset(train).__getitems__([(index, 0) for index in range(len(train.items))])
+    negatives_seen = set()
+    for index, user in enumerate(batch["users"]):
+        row = train.row(user)
+        assert not np.isin(batch["negatives"][index], row).any()
+        negatives_seen.update(batch["negatives"][index].tolist())
+        position = index - train.indptr[user]
+        assert batch["items"][index] == row[position]
+        history = batch["history"][index][batch["history_mask"][index]]
+        assert list(history) == list(row[max(0, position - 4) : position])
+    assert len(negatives_seen) > 30  # uniform over the catalogue, not a few items
 
 
 def test_examples_depend_only_on_seed_epoch_and_index(synthetic_dir):
     train = PreparedDataset(synthetic_dir).split("train")
-    a = TrainInteractions(train, 40, 3, 4, seed=0)
-    b = TrainInteractions(train, 40, 3, 4, seed=0)
-    assert np.array_equal(a[(7, 2)]["negatives"], b[(7, 2)]["negatives"])
-    changed = [not np.array_equal(a[(i, 2)]["negatives"], a[(i, 3)]["negatives"]) for i in range(50)]
-    assert sum(changed) > 40  # a new epoch draws new negatives
+    a, b = _dataset(train, 3), _dataset(train, 3)
+    keys = [(i, 2) for i in range(7, 40)]
+    assert np.array_equal(a.__getitems__(keys)["negatives"], b.__getitems__(keys)["negatives"])
+    next_epoch = a.__getitems__([(i, 3) for i in range(7, 40)])["negatives"]
+    assert (next_epoch != a.__getitems__(keys)["negatives"]).mean() > 0.8  # a new epoch draws new negatives
 
 
 def test_epoch_sampler_shards_cover_every_index_and_reshuffle_per_epoch():

@@ -13,16 +13,17 @@ import torch
 from torch.utils.data import Dataset
 
 from mmrec_lightning.data.items import ItemContent
-from mmrec_lightning.data.sampling import example_rng, sample_negatives, seeded_augmentation
+from mmrec_lightning.data.sampling import example_rng, seeded_augmentation
 from mmrec_lightning.data.schema import SplitIndex
 
 SECONDS_PER_DAY = 86_400.0
 
 
-def behaviour_stats(history_size: int, seconds_since_last: float) -> np.ndarray:
-    """The user tower's behaviour statistics: log interaction count and log days since the last one."""
-    days = max(seconds_since_last, 0.0) / SECONDS_PER_DAY if history_size else 0.0
-    return np.array([np.log1p(history_size), np.log1p(days)], dtype=np.float32)
+def behaviour_stats(history_size: np.ndarray, seconds_since_last: np.ndarray) -> np.ndarray:
+    """The user tower's behaviour statistics ``[N, 2]``: log interaction count and log days since the last
+    one (0 without history)."""
+    days = np.where(history_size > 0, np.maximum(seconds_since_last, 0.0) / SECONDS_PER_DAY, 0.0)
+    return np.stack([np.log1p(history_size), np.log1p(days)], axis=-1).astype(np.float32)
 
 
 def _pad(rows: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +48,9 @@ class TrainInteractions(Dataset):
     """One example per training interaction: the user, the positive item, sampled negatives that are not
     among the user's training items, and the user's preceding history in time.
 
-    Indexed by ``(index, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`): negatives are
-    drawn from a generator seeded by (seed, epoch, index).
+    Indexed by ``(index, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`) and fetched a
+    batch at a time (``__getitems__``, vectorised): negatives are drawn from a generator seeded by
+    (seed, epoch, first index of the batch), so batches do not depend on the number of workers.
     """
 
     def __init__(self, train: SplitIndex, num_items: int, num_negatives: int, history_length: int, seed: int) -> None:
@@ -57,56 +59,84 @@ class TrainInteractions(Dataset):
         self.num_negatives = num_negatives
         self.history_length = history_length
         self.seed = seed
+        users = np.repeat(np.arange(len(train.indptr) - 1, dtype=np.int64), train.lengths())
+        self._seen = np.sort(users * num_items + train.items)  # (user, item) keys, for negative rejection
+        self._full_users = np.flatnonzero(train.lengths() >= num_items)
 
     def __len__(self) -> int:
         return len(self.train.items)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, epoch = key
-        indptr, items, times = self.train.indptr, self.train.items, self.train.times
-        user = int(np.searchsorted(indptr, index, side="right") - 1)
-        start = int(indptr[user])
-        history = items[max(start, index - self.history_length) : index]
-        gap = float(times[index] - times[index - 1]) if index > start else 0.0
-        rng = example_rng(self.seed, epoch, index)
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
+        return self.__getitems__([key])
+
+    def _is_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users * self.num_items + items
+        found = np.minimum(np.searchsorted(self._seen, keys), len(self._seen) - 1)
+        return self._seen[found] == keys
+
+    def _negatives(self, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
+        """Uniform negatives per user, redrawn until none is one of the user's training items."""
+        if np.isin(users, self._full_users).any():
+            raise ValueError("cannot sample a negative: a user has interacted with every item")
+        users = np.repeat(users, self.num_negatives)
+        negatives = rng.integers(self.num_items, size=len(users))
+        redraw = self._is_seen(users, negatives)
+        while redraw.any():
+            negatives[redraw] = rng.integers(self.num_items, size=int(redraw.sum()))
+            redraw[redraw] = self._is_seen(users[redraw], negatives[redraw])
+        return negatives.reshape(-1, self.num_negatives)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        index = np.fromiter((k[0] for k in keys), dtype=np.int64, count=len(keys))
+        epoch = keys[0][1]
+        train = self.train
+        users = np.searchsorted(train.indptr, index, side="right") - 1
+        starts = train.indptr[users]
+        positions = index[:, None] + np.arange(-self.history_length, 0)[None, :]
+        history_mask = positions >= starts[:, None]
+        history = np.where(history_mask, train.items[np.maximum(positions, 0)], 0)
+        has_previous = index > starts
+        gap = np.where(has_previous, train.times[index] - train.times[np.maximum(index - 1, 0)], 0)
         return {
-            "key": (index, epoch),
-            "user": user,
-            "item": int(items[index]),
-            "negatives": sample_negatives(rng, self.num_items, self.train.row(user), self.num_negatives),
-            "history": np.asarray(history, dtype=np.int64),
-            "stats": behaviour_stats(index - start, gap),
+            "key": (int(index[0]), epoch),
+            "users": users,
+            "items": train.items[index].astype(np.int64),
+            "negatives": self._negatives(example_rng(self.seed, epoch, int(index[0])), users),
+            "history": history.astype(np.int64),
+            "history_mask": history_mask,
+            "stats": behaviour_stats(index - starts, gap.astype(np.float64)),
         }
 
 
 class TrainCollator:
-    """Batches training examples and loads each distinct item (positive, negative or history) once."""
+    """Loads each distinct item of a batch (positive, negative or history) once and turns the batch into
+    tensors whose item fields index the batch's item list."""
 
     def __init__(self, content: ItemContent, seed: int) -> None:
         self.content = content
         self.seed = seed
 
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        positives = np.array([e["item"] for e in examples], dtype=np.int64)
-        negatives = np.stack([e["negatives"] for e in examples])
-        histories = [e["history"] for e in examples]
-        unique, inverse = np.unique(np.concatenate([positives, negatives.ravel(), *histories]), return_inverse=True)
-        n, k = len(positives), negatives.size
-        offsets = np.cumsum([n + k] + [len(h) for h in histories])
-        history, history_mask = _pad(
-            [inverse[offsets[r] : offsets[r + 1]] for r in range(n)],
-            max(len(h) for h in histories),
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        positives, negatives, history, mask = (
+            batch["items"],
+            batch["negatives"],
+            batch["history"],
+            batch["history_mask"],
         )
-        index, epoch = examples[0]["key"]
+        unique, inverse = np.unique(np.concatenate([positives, negatives.ravel(), history[mask]]), return_inverse=True)
+        n, k = len(positives), negatives.size
+        history_index = np.zeros_like(history)
+        history_index[mask] = inverse[n + k :]
+        index, epoch = batch["key"]
         with seeded_augmentation(self.seed, epoch, index):
             items = self.content.load(unique, train=True)
         return {
-            "users": torch.tensor([e["user"] for e in examples], dtype=torch.long),
-            "positives": torch.from_numpy(inverse[:n].astype(np.int64)),
-            "negatives": torch.from_numpy(inverse[n : n + k].reshape(negatives.shape).astype(np.int64)),
-            "history": history,
-            "history_mask": history_mask,
-            "stats": torch.from_numpy(np.stack([e["stats"] for e in examples])),
+            "users": torch.from_numpy(batch["users"]),
+            "positives": torch.from_numpy(inverse[:n]),
+            "negatives": torch.from_numpy(inverse[n : n + k].reshape(negatives.shape)),
+            "history": torch.from_numpy(history_index),
+            "history_mask": torch.from_numpy(mask),
+            "stats": torch.from_numpy(batch["stats"]),
             "items": items,
         }
 
@@ -151,7 +181,7 @@ class EvalUsers(Dataset):
         return {
             "user": user,
             "history": np.asarray(seen[-self.history_length :] if self.history_length else seen[:0], dtype=np.int64),
-            "stats": behaviour_stats(len(seen), now - last),
+            "stats": behaviour_stats(np.array(len(seen)), np.array(now - last)),
             "targets": np.asarray(self.target.row(user) if self.target is not None else [], dtype=np.int64),
             "exclude": np.asarray(exclude, dtype=np.int64),
         }

@@ -11,24 +11,6 @@ import torch
 from torch.utils.data import DistributedSampler
 
 
-def sample_negatives(rng: np.random.Generator, num_items: int, exclude: np.ndarray, size: int) -> np.ndarray:
-    """Draw ``size`` items uniformly from the catalogue, never one of ``exclude`` (the user's training items).
-
-    Rejection sampling: a user's training items are a small fraction of the catalogue, so a few redraws
-    suffice; a user who has interacted with (almost) every item cannot be served and raises.
-    """
-    if len(np.unique(exclude)) >= num_items:
-        raise ValueError("cannot sample a negative: the user has interacted with every item")
-    out = np.empty(size, dtype=np.int64)
-    filled = 0
-    while filled < size:
-        draw = rng.integers(num_items, size=2 * (size - filled) + 4)
-        draw = draw[~np.isin(draw, exclude)][: size - filled]
-        out[filled : filled + len(draw)] = draw
-        filled += len(draw)
-    return out
-
-
 class EpochSampler(DistributedSampler):
     """Shuffles the training interactions per epoch and shards them over ranks, yielding
     ``(index, epoch)`` pairs so that the dataset can seed each example's negatives and augmentation from
