@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,3 +28,6 @@ class CategoryHead(nn.Module):
             return item_vectors.new_zeros(())
         logits = self.classifier(item_vectors[known]).float()
         return F.cross_entropy(logits, categories[known])
+
+
+CategoryHeadFactory = Callable[[int, int], CategoryHead]

@@ -9,7 +9,7 @@ from mmrec_lightning.data.items import ItemPreprocessing
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.encoders.user import UserTower
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
-from mmrec_lightning.heads import CategoryHead
+from mmrec_lightning.heads import CategoryHead, CategoryHeadFactory
 from mmrec_lightning.losses import BPRLoss, RecommendationLoss
 from mmrec_lightning.models.base import RecommenderModule
 from mmrec_lightning.models.item_tower import ItemTower
@@ -28,10 +28,12 @@ class MultimodalRecommender(RecommenderModule):
         embed_dim: size D of the user and item vectors.
         fusion: how modality vectors are fused (``class_path`` of a ``Fusion``; the model supplies the sizes).
         loss: the recommendation loss L_rec.
+        category_head: the auxiliary head predicting an item's category from its vector
+            (``class_path`` of a ``CategoryHead``; the model supplies the sizes), or none.
         aux_weight: λ, the weight of the category-prediction loss.
         modality_dropout: training-time probability of hiding each available modality of an item.
         cache_frozen_features: keep each frozen encoder's output per item in memory after first use.
-        dropout: dropout on the user vector and before the category classifier.
+        dropout: dropout on the user vector.
         optimizer: optimizer over the trainable parameters.
         scheduler: optional learning-rate scheduler (stepped every epoch).
         top_k: the cut-offs K of the evaluation metrics.
@@ -49,6 +51,7 @@ class MultimodalRecommender(RecommenderModule):
         embed_dim: int = 64,
         fusion: FusionFactory = AttentionFusion,
         loss: RecommendationLoss | None = None,
+        category_head: CategoryHeadFactory | None = CategoryHead,
         aux_weight: float = 0.1,
         modality_dropout: float = 0.1,
         cache_frozen_features: bool = True,
@@ -71,7 +74,8 @@ class MultimodalRecommender(RecommenderModule):
         )
         self.user_tower = UserTower(num_users, embed_dim, dropout=dropout)
         self.loss = loss if loss is not None else BPRLoss()
-        self.category_head = CategoryHead(embed_dim, num_categories, dropout) if num_categories and aux_weight else None
+        use_head = category_head is not None and num_categories > 0 and aux_weight > 0
+        self.category_head = category_head(embed_dim, num_categories) if use_head else None
         self.aux_weight = aux_weight
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._weight_sum: torch.Tensor | None = None
