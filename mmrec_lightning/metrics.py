@@ -94,5 +94,6 @@ class RankingMetrics(Metric):
         self.users += keep.sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
+        """The mean of each metric over the evaluated users, and ``users``, their number."""
         users = self.users.clamp(min=1).to(torch.float64)
-        return {name: (getattr(self, name) / users).float() for name in self.names}
+        return {**{name: (getattr(self, name) / users).float() for name in self.names}, "users": self.users.float()}

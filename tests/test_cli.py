@@ -118,6 +118,8 @@ def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, 
     results = json.loads((run_dir / "test_metrics.json").read_text())
     assert set(results) == {"MultimodalRecommender", "Popularity"}
     assert {"recall@20", "ndcg@20", "precision@5", "map@5", "hit@20"} <= set(results["Popularity"])
+    assert {"warm/recall@20", "cold/recall@20", "cold/users"} <= set(results["MultimodalRecommender"])
+    assert results["Popularity"]["cold/recall@5"] == 0.0  # never-seen items have no popularity
     assert (run_dir / "config.yaml").is_file()
     logged = yaml.safe_load((run_dir / "hparams.yaml").read_text())["config"]  # sent to the logger
     assert logged["model"]["init_args"]["image_encoder"]["init_args"]["model_name"] == "test_efficientnet"

@@ -97,3 +97,27 @@ def test_sparse_hits_match_dense_relevance():
     top = torch.tensor([[4, 2, 7], [1, 0, 3]])
     hits = hits_of(top, target_rows=torch.tensor([0, 0, 1]), target_items=torch.tensor([7, 5, 1]))
     assert hits.tolist() == [[False, False, True], [True, False, False]]
+
+
+def test_warm_and_cold_targets_are_scored_on_the_same_ranking():
+    from torch import nn
+
+    from mmrec_lightning.models import Popularity
+    from mmrec_lightning.models.base import USERS
+
+    model = Popularity(num_users=1, num_items=5, top_k=[2])
+    model._item_table = torch.tensor([[5.0], [4.0], [3.0], [0.0], [0.0]])
+    model._cold_items = torch.tensor([False, False, False, True, True])
+    batch = {
+        "users": torch.tensor([0]),
+        "exclude_rows": torch.tensor([0]),
+        "exclude_items": torch.tensor([0]),  # ranking: 1, 2, then the cold items
+        "target_rows": torch.tensor([0, 0]),
+        "target_items": torch.tensor([1, 3]),
+    }
+    groups = nn.ModuleDict({"warm": RankingMetrics([2]), "cold": RankingMetrics([2])})
+    model._evaluation_step(batch, USERS, model.test_metrics, groups)
+    assert float(model.test_metrics.compute()["recall@2"]) == pytest.approx(0.5)
+    assert float(groups["warm"].compute()["recall@2"]) == pytest.approx(1.0)
+    assert float(groups["cold"].compute()["recall@2"]) == pytest.approx(0.0)
+    assert int(groups["cold"].compute()["users"]) == 1

@@ -3,6 +3,9 @@
 Evaluation runs over two loaders in order (see ``RecDataModule.val_dataloader``): first the item
 catalogue, which is encoded once into a table of item vectors; then the users, each scored against the
 whole table in chunks, with their training items masked, and the top-K compared with their held-out items.
+Test metrics are also reported for warm and cold target items separately (``test/warm/…``,
+``test/cold/…``) when some test items never occur in training: the ranking is the same, only the items
+that count as relevant differ.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mmrec_lightning.data.items import ItemPreprocessing
 from mmrec_lightning.encoders.weights import restoring_checkpoint
@@ -89,6 +93,8 @@ class RecommenderModule(L.LightningModule):
         self.eval_chunk_size = eval_chunk_size
         self.val_metrics = RankingMetrics(top_k)
         self.test_metrics = RankingMetrics(top_k)
+        self.test_group_metrics = nn.ModuleDict({group: RankingMetrics(top_k) for group in ("warm", "cold")})
+        self._cold_items: torch.Tensor | None = None
         self._item_chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._item_table: torch.Tensor | None = None
 
@@ -145,21 +151,33 @@ class RecommenderModule(L.LightningModule):
         users = self.encode_users(batch, table).float()
         return rank_items(users, table, batch["exclude_rows"], batch["exclude_items"], k, self.eval_chunk_size)
 
-    def _evaluation_step(self, batch: dict, dataloader_idx: int, metrics: RankingMetrics) -> None:
+    def setup(self, stage: str) -> None:
+        counts = getattr(getattr(self.trainer, "datamodule", None), "item_train_counts", None)
+        self._cold_items = torch.as_tensor(counts == 0) if counts is not None else None
+
+    def _evaluation_step(
+        self, batch: dict, dataloader_idx: int, metrics: RankingMetrics, groups: nn.ModuleDict | None = None
+    ) -> None:
         if dataloader_idx == CATALOGUE:
             self._add_items(batch)
             return
         _, top = self._score_users(batch, metrics.max_k)
-        hits = hits_of(top, batch["target_rows"], batch["target_items"])
-        num_relevant = torch.bincount(batch["target_rows"], minlength=len(batch["users"]))
-        metrics.update_from_hits(hits, num_relevant)
+        targets = [("all", metrics, batch["target_rows"], batch["target_items"])]
+        if groups is not None and self._cold_items is not None:
+            cold = self._cold_items.to(top.device)[batch["target_items"]]
+            for name, keep in (("warm", ~cold), ("cold", cold)):
+                targets.append((name, groups[name], batch["target_rows"][keep], batch["target_items"][keep]))
+        for _, metric, rows, items in targets:
+            metric.update_from_hits(hits_of(top, rows, items), torch.bincount(rows, minlength=len(batch["users"])))
 
     def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
         values = metrics.compute()  # reduced over ranks by torchmetrics; sync_dist only averages equal values
+        metrics.reset()
+        if values["users"] == 0:
+            return
         self.log_dict(
             {f"{stage}/{name}": value for name, value in values.items()}, add_dataloader_idx=False, sync_dist=True
         )
-        metrics.reset()
 
     def on_validation_epoch_start(self) -> None:
         self._reset_catalogue()
@@ -175,10 +193,12 @@ class RecommenderModule(L.LightningModule):
         self._reset_catalogue()
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._evaluation_step(batch, dataloader_idx, self.test_metrics)
+        self._evaluation_step(batch, dataloader_idx, self.test_metrics, self.test_group_metrics)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics(self.test_metrics, "test")
+        for group, metrics in self.test_group_metrics.items():
+            self._log_metrics(metrics, f"test/{group}")
         self._reset_catalogue()
 
     def on_predict_epoch_start(self) -> None:

@@ -118,12 +118,22 @@ class LightGCN(MatrixFactorization):
         eval_chunk_size: int = 1 << 16,
     ) -> None:
         super().__init__(
-            num_users, num_items, num_categories, embed_dim, reg_weight, loss, optimizer, scheduler, top_k, eval_chunk_size
+            num_users,
+            num_items,
+            num_categories,
+            embed_dim,
+            reg_weight,
+            loss,
+            optimizer,
+            scheduler,
+            top_k,
+            eval_chunk_size,
         )
         self.num_layers = num_layers
         self.graph: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         train = self.trainer.datamodule.train_split
         self.graph = normalized_adjacency(train.indptr, train.items, self.num_users, self.num_items).to(self.device)
 

@@ -14,6 +14,7 @@ class Popularity(RecommenderModule):
     """
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         counts = getattr(self.trainer.datamodule, "item_train_counts", None)
         if counts is None:
             raise RuntimeError("Popularity needs a RecDataModule (it reads the training item counts)")

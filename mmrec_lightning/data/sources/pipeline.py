@@ -1,0 +1,703 @@
+"""From raw tables to :class:`SourceData`: the reading, filtering, id mapping, splitting, text cleaning and lazy
+image reading that every real-data adapter shares.
+
+An adapter reads its files into a :class:`RawSource` (raw string ids, optional timestamps, ratings and split;
+an item table with text columns, a category name and an image path or bytes) and calls :func:`build`. Its
+options dataclass inherits :class:`CommonOptions`, whose fields become the flags ``--k_core``, ``--split`` ….
+
+``build`` applies, in order, each step counted in ``metadata["dropped"]``:
+
+1. repeated item ids (the first row is kept) and interactions whose item is not in the item table;
+2. items without an image or text, with their interactions (``--drop_items_without``);
+3. ratings below ``--min_rating``; repeated (user, item) pairs (``--dedupe first``); the k-core (``--k_core``);
+
+then maps raw ids to 0..n-1 in sorted order and splits the interactions (``--split``).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from mmrec_lightning.data.schema import ITEMS_SCHEMA, SPLIT_CODES
+from mmrec_lightning.data.sources.base import SourceData
+from mmrec_lightning.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+SplitMethod = Literal["auto", "source", "random", "loo", "temporal", "cold"]
+Modality = Literal["image", "text"]
+Dedupe = Literal["first", "all"]
+TRAIN, VALID, TEST = SPLIT_CODES["train"], SPLIT_CODES["valid"], SPLIT_CODES["test"]
+ITEM_BATCH_SIZE = 256
+MAX_WARNINGS = 10  # per kind of problem; the rest are summed up in one line
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonOptions:
+    """Filtering and splitting, shared by every source that reads real data.
+
+    Args:
+        k_core: keep only users and items with at least this many interactions, repeated until stable (0: off).
+        min_rating: drop interactions rated below this (unrated ones too); null keeps every interaction.
+        dedupe: ``first`` keeps each (user, item) pair's earliest interaction, ``all`` keeps the repeats.
+        drop_items_without: drop the items lacking these modalities (``image``, ``text``) and their interactions.
+        split: ``auto`` (the source's own split when it has one, else ``random``), ``source``, ``random`` (per user
+            8:1:1 at random, at least one training item each), ``loo`` (per user: latest to test, second latest to
+            valid), ``temporal`` (global time cuts at the train and train + valid quantiles), ``cold`` (a
+            ``cold_item_fraction`` of the items only in valid/test, the rest per user at random).
+        split_ratios: train, valid and test fractions (summing to 1) of the random, temporal and cold splits.
+        cold_item_fraction: fraction of the items with interactions that ``--split cold`` keeps out of training.
+        seed: seed of the random choices of the random and cold splits.
+    """
+
+    k_core: int = 0
+    min_rating: float | None = None
+    dedupe: Dedupe = "first"
+    drop_items_without: list[Modality] = field(default_factory=list)
+    split: SplitMethod = "auto"
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    cold_item_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The CLI checks the Literal choices; code constructing options directly is checked here.
+        for name, kind in (("dedupe", Dedupe), ("split", SplitMethod)):
+            if getattr(self, name) not in get_args(kind):
+                raise ConfigurationError(f"--{name} {getattr(self, name)!r}: expected one of {get_args(kind)}")
+        unknown = sorted(set(self.drop_items_without) - set(get_args(Modality)))
+        if unknown:
+            raise ConfigurationError(f"--drop_items_without {unknown}: expected a subset of {get_args(Modality)}")
+        if self.k_core < 0:
+            raise ConfigurationError(f"--k_core must be >= 0, got {self.k_core}")
+        ratios = tuple(float(r) for r in self.split_ratios)
+        if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0 or abs(sum(ratios) - 1) > 1e-6:
+            raise ConfigurationError(
+                f"--split_ratios {list(self.split_ratios)}: expected train, valid, test fractions >= 0 summing "
+                "to 1, with train > 0"
+            )
+        object.__setattr__(self, "split_ratios", ratios)  # the CLI may hand over a list
+        if not 0 <= self.cold_item_fraction < 1:
+            raise ConfigurationError(f"--cold_item_fraction must be in [0, 1), got {self.cold_item_fraction}")
+        if self.split == "cold" and ratios[1] + ratios[2] == 0:
+            raise ConfigurationError("--split cold needs valid or test ratios above 0 for the cold items")
+
+
+@dataclass
+class RawSource:
+    """A source's tables as read, before filtering, id mapping and splitting.
+
+    ``interactions``: ``user`` and ``item`` (raw ids as strings), optional ``timestamp`` (int seconds; without
+    it the row number stands for time), ``rating`` (float) and ``split`` ('train' / 'valid' / 'test').
+    ``items``: ``item`` (raw id), the ``text_columns``, optional ``category`` (a name) and either ``image``
+    (encoded bytes) or ``image_path`` (a file, read only when the item is written).
+    The two file names are for messages; ``metadata`` is merged into the prepared dataset's metadata.
+    """
+
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    interactions_file: str
+    items_file: str
+    text_columns: Sequence[str] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileRows:
+    """Names a data row of a file in messages: ``line N`` of a text file, ``row N`` of a Parquet file.
+
+    Args:
+        path: the file.
+        first_line: the line of the first data row (2 below a header); None for a file without lines.
+    """
+
+    path: Path
+    first_line: int | None
+
+    def __call__(self, position: int) -> str:
+        if self.first_line is None:
+            return f"{self.path} row {position + 1}"
+        return f"{self.path} line {position + self.first_line}"
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    """``path`` if it is a file, else a ConfigurationError saying what the file was for."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(f"{path}: file not found ({what})")
+    return path
+
+
+def require_folder(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigurationError(f"{path}: folder not found ({what})")
+    return path
+
+
+def _check_columns(found: Sequence[str], expected: Sequence[str], path: Path, sep: str | None) -> None:
+    missing = [c for c in expected if c not in found]
+    if not missing:
+        return
+    if sep is not None and len(found) == 1 and len(expected) > 1:
+        raise ConfigurationError(
+            f"{path}: read as the single column {found[0]!r} with delimiter {sep!r}; is the file delimited by "
+            f"something else? (expected columns {list(expected)})"
+        )
+    raise ConfigurationError(f"{path}: missing column(s) {missing}; expected {list(expected)}, found {list(found)}")
+
+
+def read_delimited(
+    path: Path,
+    sep: str,
+    columns: Sequence[str],
+    *,
+    header: bool = True,
+    encoding: str = "utf-8",
+    quoted: bool = True,
+) -> pd.DataFrame:
+    """Read ``columns`` of a delimited text file, every cell a string (ids keep their leading zeros) and only
+    empty cells missing. Without a header, ``columns`` name the fields in order and their count must match.
+
+    Args:
+        path: the file.
+        sep: the field separator; one of several characters (MovieLens ``::``) is supported too.
+        columns: the columns to read.
+        header: whether the first line names the columns.
+        encoding: the text encoding.
+        quoted: whether fields may be quoted (MovieLens titles hold bare quotes: pass False).
+    """
+    source: Path | io.StringIO = path
+    if len(sep) > 1:  # the fast C parser takes one character: swap the separator for a control character
+        try:
+            source = io.StringIO(path.read_text(encoding=encoding).replace(sep, "\x1f"))
+        except UnicodeDecodeError as error:
+            raise ConfigurationError(f"{path}: not {encoding} text ({error.reason} at byte {error.start})") from None
+    options: dict[str, Any] = {
+        "sep": "\x1f" if len(sep) > 1 else sep,
+        "dtype": str,
+        "keep_default_na": False,
+        "na_values": [""],
+        "encoding": encoding,
+        "quoting": csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
+    }
+    try:
+        if not header:
+            frame = pd.read_csv(source, header=None, **options)
+            if frame.shape[1] != len(columns):
+                raise ConfigurationError(
+                    f"{path}: expected {len(columns)} fields separated by {sep!r} ({', '.join(columns)}), "
+                    f"found {frame.shape[1]} on line 1"
+                )
+            frame.columns = list(columns)
+            return frame
+        found = list(pd.read_csv(source, nrows=0, **options).columns)
+        _check_columns(found, columns, path, sep)
+        if isinstance(source, io.StringIO):
+            source.seek(0)
+        return pd.read_csv(source, usecols=list(dict.fromkeys(columns)), **options)
+    except pd.errors.EmptyDataError:
+        raise ConfigurationError(f"{path} is empty") from None
+    except pd.errors.ParserError as error:
+        raise ConfigurationError(f"{path}: cannot be read with delimiter {sep!r} ({error})".strip()) from None
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(f"{path}: not {encoding} text ({error.reason} at byte {error.start})") from None
+
+
+def read_table(path: Path, delimiter: str, columns: Sequence[str]) -> tuple[pd.DataFrame, FileRows]:
+    """Read ``columns`` of a Parquet file (by its extension) or a delimited text file with a header."""
+    if path.suffix.lower() not in PARQUET_SUFFIXES:
+        return read_delimited(path, delimiter, columns), FileRows(path, 2)
+    try:
+        found = pq.read_schema(path).names
+    except (OSError, pa.ArrowInvalid) as error:
+        raise ConfigurationError(f"{path}: not a readable Parquet file ({error})") from None
+    _check_columns(found, columns, path, None)
+    return pd.read_parquet(path, columns=list(dict.fromkeys(columns))), FileRows(path, None)
+
+
+def require_ids(column: pd.Series, name: str, at: FileRows) -> pd.Series:
+    """A column of ids as stripped strings; an empty one is an error naming its row."""
+    ids = column.astype(str).str.strip()
+    empty = np.flatnonzero(column.isna().to_numpy() | (ids == "").to_numpy())
+    if empty.size:
+        raise ConfigurationError(f"{at(empty[0])}: empty {name} ({empty.size} such rows)")
+    return ids
+
+
+def to_numbers(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
+    """Floats from a column; a cell that is not a number is an error naming its row. Empty cells are NaN."""
+    if pd.api.types.is_numeric_dtype(column):
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+    parsed = pd.to_numeric(column, errors="coerce")
+    bad = np.flatnonzero(parsed.isna().to_numpy() & column.notna().to_numpy())
+    if bad.size:
+        raise ConfigurationError(f"{at(bad[0])}: {name} {column.iloc[bad[0]]!r} is not a number ({bad.size} such rows)")
+    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def to_seconds(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
+    """Seconds since 1970 from numbers (taken as seconds) or ISO 8601 dates / date-times (UTC unless they say)."""
+    empty = np.flatnonzero(column.isna().to_numpy())
+    if empty.size:
+        raise ConfigurationError(f"{at(empty[0])}: empty {name} ({empty.size} such rows)")
+    if pd.api.types.is_datetime64_any_dtype(column):
+        dates = pd.to_datetime(column, utc=True)
+    else:
+        numbers = pd.to_numeric(column, errors="coerce")
+        if numbers.notna().all():
+            return numbers.to_numpy(dtype=np.float64).astype(np.int64)
+        dates = pd.to_datetime(column, format="ISO8601", utc=True, errors="coerce")
+        bad = np.flatnonzero(dates.isna().to_numpy())
+        if bad.size:
+            raise ConfigurationError(
+                f"{at(bad[0])}: {name} {column.iloc[bad[0]]!r} is neither a number of seconds nor an ISO date "
+                f"({bad.size} such rows)"
+            )
+    # Independent of the datetime resolution (pandas 3 infers seconds or microseconds).
+    return ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+
+
+# --- text, categories and images -------------------------------------------------------------------------------
+
+_TAG = re.compile(r"<!--.*?-->|<\s*/?\s*[A-Za-z][^<>]*>", re.DOTALL)
+_SPACE = re.compile(r"\s+")
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def clean_text(value: object) -> str | None:
+    """Plain text from a cell: HTML entities decoded, tags removed, whitespace collapsed; None when empty.
+    A list (Amazon's descriptions) is joined with spaces."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        value = " ".join(str(part) for part in value if not _missing(part))
+    elif _missing(value):
+        return None
+    # Unescape first: some dumps escape their markup twice ("&lt;br&gt;").
+    text = _SPACE.sub(" ", _TAG.sub(" ", html.unescape(str(value)))).strip()
+    return text or None
+
+
+def join_text(items: pd.DataFrame, columns: Sequence[str]) -> list[str | None]:
+    """Each item's cleaned text; several columns are joined with their names, ``title: … | overview: …``."""
+    if not columns:
+        return [None] * len(items)
+    cleaned = {column: [clean_text(value) for value in items[column].tolist()] for column in columns}
+    if len(columns) == 1:
+        return cleaned[columns[0]]
+    rows = zip(*cleaned.values(), strict=True)
+    return [
+        " | ".join(f"{name}: {text}" for name, text in zip(columns, row, strict=True) if text) or None for row in rows
+    ]
+
+
+def _warn_each(problems: list[str], what: str) -> None:
+    for message in problems[:MAX_WARNINGS]:
+        log.warning(message)
+    if len(problems) > MAX_WARNINGS:
+        log.warning("… and %d more %s", len(problems) - MAX_WARNINGS, what)
+
+
+def _decode_problem(source: str | bytes) -> str | None:
+    """None if ``source`` (a path or encoded bytes) decodes as an image, else why not."""
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            image.verify()
+        return None
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as error:  # PIL raises many types for bad data; all mean "unusable"
+        return f"{type(error).__name__}: {error}"
+
+
+def _image_problems(items: pd.DataFrame, decode: bool) -> tuple[np.ndarray, dict[int, str]]:
+    """Which items have an image, and for each image file that is missing (with ``decode``: each image that does
+    not decode) its row and a message naming the item and the path. Images are opened one at a time."""
+    column = next((name for name in ("image", "image_path") if name in items), None)
+    has = np.zeros(len(items), dtype=bool)
+    if column is None:
+        return has, {}
+    problems: dict[int, str] = {}
+    for row, (raw_id, source) in enumerate(zip(items["item"].tolist(), items[column].tolist(), strict=True)):
+        if source is None:
+            continue
+        if decode:
+            reason = _decode_problem(source)
+        elif column == "image_path":
+            reason = None if Path(source).is_file() else "file not found"
+        else:
+            reason = None  # encoded bytes are decoded by write_prepared
+        has[row] = reason is None
+        if reason is not None:
+            where = source if column == "image_path" else "bytes"
+            problems[row] = f"item {raw_id!r}: image {where} unusable ({reason})"
+    return has, problems
+
+
+def _read_image(raw_id: str, path: object, dropped: dict[str, int]) -> bytes | None:
+    if _missing(path):
+        return None
+    try:
+        return Path(str(path)).read_bytes()
+    except OSError as error:  # checked before, so this is rare: a file that vanished or cannot be read
+        log.warning("item %r: image %s unreadable (%s); kept without an image", raw_id, path, error)
+        dropped["missing_images"] = dropped.get("missing_images", 0) + 1
+        return None
+
+
+# --- filtering -------------------------------------------------------------------------------------------------
+
+
+def _count(dropped: dict[str, int], reason: str, count: int) -> None:
+    if count:
+        dropped[reason] = dropped.get(reason, 0) + int(count)
+
+
+def _items(raw: RawSource, dropped: dict[str, int]) -> pd.DataFrame:
+    """The item table with one row per raw id, its cleaned text and category, and its image column."""
+    items = raw.items
+    if "item" not in items:
+        raise ConfigurationError(f"{raw.items_file}: the item table has no item id column")
+    items = items.assign(item=items["item"].astype(str).str.strip())
+    repeated = items["item"].duplicated()
+    if repeated.any():
+        log.warning(
+            "%s: %d rows repeat an item id already seen (first: %r); keeping each id's first row",
+            raw.items_file,
+            repeated.sum(),
+            items["item"][repeated].iloc[0],
+        )
+        _count(dropped, "duplicate_items", repeated.sum())
+        items = items[~repeated.to_numpy()]
+    table = pd.DataFrame({"item": items["item"].to_numpy(dtype=object)})
+    table["text"] = join_text(items, list(raw.text_columns))
+    categories = items["category"].tolist() if "category" in items else [None] * len(items)
+    table["category"] = [clean_text(name) for name in categories]
+    for column in ("image", "image_path"):
+        if column in items:
+            table[column] = [None if _missing(value) else value for value in items[column].tolist()]
+    return table
+
+
+def _interactions(raw: RawSource) -> pd.DataFrame:
+    """The interactions with string ids, a timestamp (the row number when there is none) and the file order."""
+    frame = raw.interactions
+    for column in ("user", "item"):
+        if column not in frame:
+            raise ConfigurationError(f"{raw.interactions_file}: the interactions have no {column} id column")
+    table = pd.DataFrame(
+        {
+            "user": frame["user"].astype(str).to_numpy(dtype=object),
+            "item": frame["item"].astype(str).str.strip().to_numpy(dtype=object),
+            "order": np.arange(len(frame), dtype=np.int64),
+        }
+    )
+    table["timestamp"] = frame["timestamp"].to_numpy(np.int64) if "timestamp" in frame else table["order"]
+    if "rating" in frame:
+        table["rating"] = frame["rating"].to_numpy(np.float64)
+    if "split" in frame:
+        codes = frame["split"].map(SPLIT_CODES)
+        if codes.isna().any():
+            bad = frame["split"][codes.isna()].iloc[0]
+            raise ConfigurationError(f"{raw.interactions_file}: split {bad!r} is not train, valid or test")
+        table["split"] = codes.to_numpy(np.int8)
+    return table
+
+
+def _drop_unknown_items(
+    interactions: pd.DataFrame, items: pd.DataFrame, raw: RawSource, dropped: dict[str, int]
+) -> pd.DataFrame:
+    known = interactions["item"].isin(items["item"]).to_numpy()
+    if not known.any():
+        raise ConfigurationError(
+            f"none of the {len(interactions)} interactions in {raw.interactions_file} names an item of "
+            f"{raw.items_file} (e.g. item {interactions['item'].iloc[0]!r}); check that their item ids match"
+        )
+    if not known.all():
+        log.warning(
+            "%s: %d interactions name an item missing from %s (e.g. %r); dropped",
+            raw.interactions_file,
+            (~known).sum(),
+            raw.items_file,
+            interactions["item"][~known].iloc[0],
+        )
+        _count(dropped, "interactions_with_unknown_item", (~known).sum())
+    return interactions[known]
+
+
+def _drop_items_without(
+    items: pd.DataFrame, interactions: pd.DataFrame, modalities: Sequence[str], dropped: dict[str, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    keep = np.ones(len(items), dtype=bool)
+    if "text" in modalities:
+        has_text = items["text"].notna().to_numpy()
+        _count(dropped, "items_without_text", (keep & ~has_text).sum())
+        keep &= has_text
+    if "image" in modalities:
+        # Decoding every image here (one at a time) is what makes "dropped" mean "no usable image".
+        has_image, _ = _image_problems(items, decode=True)
+        _count(dropped, "items_without_image", (keep & ~has_image).sum())
+        keep &= has_image
+    items = items[keep]
+    known = interactions["item"].isin(items["item"]).to_numpy()
+    _count(dropped, "interactions_of_dropped_items", (~known).sum())
+    return items, interactions[known]
+
+
+def _filter_min_rating(
+    interactions: pd.DataFrame, min_rating: float | None, raw: RawSource, dropped: dict[str, int]
+) -> pd.DataFrame:
+    if min_rating is None:
+        return interactions
+    if "rating" not in interactions:
+        raise ConfigurationError(f"--min_rating: {raw.interactions_file} has no ratings; leave --min_rating unset")
+    keep = (interactions["rating"] >= min_rating).to_numpy()  # NaN (unrated) compares False: dropped
+    _count(dropped, "interactions_below_min_rating", (~keep).sum())
+    return interactions[keep]
+
+
+def _dedupe(interactions: pd.DataFrame, dedupe: str, dropped: dict[str, int]) -> pd.DataFrame:
+    if dedupe == "all":
+        return interactions
+    in_time = interactions.sort_values(["timestamp", "order"], kind="stable")
+    repeated = in_time.duplicated(["user", "item"], keep="first")
+    _count(dropped, "duplicate_interactions", repeated.sum())
+    return in_time[~repeated.to_numpy()].sort_values("order")
+
+
+def _k_core(
+    items: pd.DataFrame, interactions: pd.DataFrame, k: int, dropped: dict[str, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep users and items with at least ``k`` interactions, repeatedly: removing one can push another below."""
+    if k <= 0:
+        return items, interactions
+    users, user_codes = np.unique(interactions["user"].to_numpy(dtype=str), return_inverse=True)
+    item_codes = pd.Index(items["item"]).get_indexer(interactions["item"])
+    keep = np.ones(len(interactions), dtype=bool)
+    while True:
+        user_counts = np.bincount(user_codes[keep], minlength=len(users))
+        item_counts = np.bincount(item_codes[keep], minlength=len(items))
+        still = keep & (user_counts[user_codes] >= k) & (item_counts[item_codes] >= k)
+        if still.sum() == keep.sum():
+            break
+        keep = still
+    _count(dropped, "k_core_interactions", (~keep).sum())
+    _count(dropped, "k_core_users", (user_counts < k).sum())
+    _count(dropped, "k_core_items", (item_counts < k).sum())
+    return items[item_counts >= k], interactions[keep]
+
+
+# --- ids and splits --------------------------------------------------------------------------------------------
+
+
+def sorted_ids(ids: Sequence[str]) -> list[str]:
+    """Unique raw ids in index order: numerically when every id is an integer (MovieLens movie 2 before movie
+    10; MMRec's item ids stay their own indices), else as text."""
+    unique = sorted(set(ids))
+    if all(raw.isascii() and raw.isdigit() for raw in unique):
+        unique.sort(key=lambda raw: (int(raw), raw))
+    return unique
+
+
+def _rank_in_user(users: np.ndarray, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each interaction's position within its user's interactions taken in ``ordered`` order (a permutation
+    that groups users together), and its user's interaction count."""
+    grouped = users[ordered]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if len(grouped) else np.zeros(0, int)
+    sizes = np.diff(np.r_[starts, len(grouped)])
+    rank, size = np.empty(len(users), np.int64), np.empty(len(users), np.int64)
+    rank[ordered] = np.arange(len(grouped)) - np.repeat(starts, sizes)
+    size[ordered] = np.repeat(sizes, sizes)
+    return rank, size
+
+
+def _per_user_random(users: np.ndarray, ratios: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """MMRec's per-user random split: round(n * ratio) interactions to valid and to test, the rest (at least one)
+    to train."""
+    shuffled = rng.permutation(len(users))
+    rank, size = _rank_in_user(users, shuffled[np.argsort(users[shuffled], kind="stable")])
+    n_test = np.minimum(np.floor(size * ratios[2] + 0.5).astype(np.int64), size - 1)
+    n_valid = np.minimum(np.floor(size * ratios[1] + 0.5).astype(np.int64), size - 1 - n_test)
+    return np.select([rank < n_valid, rank < n_valid + n_test], [VALID, TEST], TRAIN).astype(np.int8)
+
+
+def _leave_one_out(users: np.ndarray, times: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Each user's latest interaction to test and the one before to valid, keeping at least one in train."""
+    rank, size = _rank_in_user(users, np.lexsort((order, times, users)))
+    from_end = size - 1 - rank
+    return np.select([(from_end == 0) & (size >= 2), (from_end == 1) & (size >= 3)], [TEST, VALID], TRAIN).astype(
+        np.int8
+    )
+
+
+def _temporal(times: np.ndarray, ratios: tuple[float, float, float]) -> np.ndarray:
+    """Cut the timeline at the train and train + valid quantiles. Equal timestamps fall on the same side, so
+    everything in valid is later than everything in train, and test later still."""
+    ordered = np.sort(times)
+
+    def cut(fraction: float) -> float:
+        position = int(np.floor(len(ordered) * fraction + 0.5))
+        return float(ordered[position]) if position < len(ordered) else np.inf
+
+    first, second = cut(ratios[0]), cut(ratios[0] + ratios[1])
+    return np.select([times < first, times < second], [TRAIN, VALID], TEST).astype(np.int8)
+
+
+def _cold(
+    users: np.ndarray, items: np.ndarray, options: CommonOptions, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """A fraction of the items with interactions only in valid/test (drawn in proportion to their ratios); the
+    other interactions split per user at random. Returns the split and the number of cold items chosen."""
+    seen = np.unique(items)
+    chosen = rng.choice(seen, size=int(round(options.cold_item_fraction * len(seen))), replace=False)
+    cold = np.isin(items, chosen)
+    _, valid, test = options.split_ratios
+    split = np.empty(len(items), dtype=np.int8)
+    split[cold] = rng.choice([VALID, TEST], size=int(cold.sum()), p=[valid / (valid + test), test / (valid + test)])
+    split[~cold] = _per_user_random(users[~cold], options.split_ratios, rng)
+    return split, len(chosen)
+
+
+def _split(
+    interactions: pd.DataFrame, users: np.ndarray, items: np.ndarray, options: CommonOptions, raw: RawSource
+) -> tuple[np.ndarray, dict[str, Any]]:
+    method = options.split
+    if method == "auto":
+        method = "source" if "split" in interactions else "random"
+    if method == "source" and "split" not in interactions:
+        raise ConfigurationError(
+            f"--split source: {raw.interactions_file} has no split of its own; use random, loo, temporal or cold"
+        )
+    info: dict[str, Any] = {"method": method, "seed": options.seed, "ratios": list(options.split_ratios)}
+    rng = np.random.default_rng(options.seed)
+    times, order = interactions["timestamp"].to_numpy(), interactions["order"].to_numpy()
+    if method == "source":
+        split = interactions["split"].to_numpy(np.int8)
+    elif method == "random":
+        split = _per_user_random(users, options.split_ratios, rng)
+    elif method == "loo":
+        split = _leave_one_out(users, times, order)
+    elif method == "temporal":
+        split = _temporal(times, options.split_ratios)
+    else:
+        split, info["cold_items_chosen"] = _cold(users, items, options, rng)
+        info["cold_item_fraction"] = options.cold_item_fraction
+    return split, info
+
+
+# --- the whole ------------------------------------------------------------------------------------------------
+
+
+def _item_batches(
+    items: pd.DataFrame, categories: np.ndarray, dropped: dict[str, int], batch_size: int = ITEM_BATCH_SIZE
+) -> Iterator[pa.RecordBatch]:
+    """The item table in record batches; image files are read batch by batch, never all at once."""
+    raw_ids, texts = items["item"].tolist(), items["text"].tolist()
+    for lo in range(0, len(items), batch_size):
+        hi = min(lo + batch_size, len(items))
+        if "image_path" in items:
+            paths = items["image_path"].iloc[lo:hi].tolist()
+            images = [_read_image(raw_id, path, dropped) for raw_id, path in zip(raw_ids[lo:hi], paths, strict=True)]
+        elif "image" in items:
+            images = items["image"].iloc[lo:hi].tolist()
+        else:
+            images = [None] * (hi - lo)
+        yield pa.record_batch(
+            [
+                pa.array(np.arange(lo, hi), pa.int32()),
+                pa.array(raw_ids[lo:hi], pa.string()),
+                pa.array(texts[lo:hi], pa.string()),
+                pa.array(categories[lo:hi], pa.int32()),
+                pa.array(images, pa.binary()),
+            ],
+            schema=ITEMS_SCHEMA,
+        )
+
+
+def build(name: str, options: CommonOptions, raw: RawSource) -> SourceData:
+    """Filter, index and split a raw source (see the module docstring for the order of the steps).
+
+    Args:
+        name: the source's name, recorded in the metadata.
+        options: the filtering and splitting options (the adapter's options, which inherit them).
+        raw: the source's tables.
+    """
+    dropped: dict[str, int] = {}
+    items = _items(raw, dropped)
+    interactions = _drop_unknown_items(_interactions(raw), items, raw, dropped)
+    items, interactions = _drop_items_without(items, interactions, options.drop_items_without, dropped)
+    interactions = _filter_min_rating(interactions, options.min_rating, raw, dropped)
+    interactions = _dedupe(interactions, options.dedupe, dropped)
+    items, interactions = _k_core(items, interactions, options.k_core, dropped)
+    if interactions.empty:
+        raise ConfigurationError(
+            f"no interaction of {raw.interactions_file} is left after filtering (dropped: {dropped}); relax "
+            "--k_core, --min_rating or --drop_items_without"
+        )
+    if "image" not in options.drop_items_without:  # else every image was checked (and decoded) already
+        has_image, problems = _image_problems(items, decode=False)
+        _warn_each([f"{message}; kept without an image" for message in problems.values()], "missing images")
+        _count(dropped, "missing_images", len(problems))
+        if problems:
+            items = items.assign(image_path=np.where(has_image, items["image_path"], None))
+
+    item_ids, user_ids = sorted_ids(items["item"].tolist()), sorted_ids(interactions["user"].unique().tolist())
+    items = items.iloc[pd.Index(items["item"]).get_indexer(item_ids)]
+    item_index = pd.Index(item_ids).get_indexer(interactions["item"])
+    user_index = pd.Index(user_ids).get_indexer(interactions["user"])
+    category_names = sorted({name for name in items["category"] if name is not None})
+    categories = pd.Index(category_names, dtype=object).get_indexer(items["category"].tolist())  # -1: none
+
+    split, split_info = _split(interactions, user_index, item_index, options, raw)
+    cold_items = np.setdiff1d(np.arange(len(item_ids)), item_index[split == TRAIN])
+    split_info["cold_items"] = len(cold_items)
+    rating = (
+        pa.array(interactions["rating"].to_numpy(), pa.float32(), from_pandas=True)
+        if "rating" in interactions
+        else pa.nulls(len(split), pa.float32())
+    )
+    table = pa.table(
+        {
+            "user": pa.array(user_index, pa.int32()),
+            "item": pa.array(item_index, pa.int32()),
+            "timestamp": pa.array(interactions["timestamp"].to_numpy(), pa.int64()),
+            "rating": rating,
+            "split": pa.array(split, pa.int8()),
+        }
+    )
+    metadata: dict[str, Any] = {
+        "source": name,
+        "source_options": asdict(options),
+        "split": split_info,
+        "categories": category_names,
+        "cold_items": cold_items.tolist(),
+        # write_prepared reads this only after the items are written, so the count of images that failed to
+        # read while streaming (added by _item_batches) is included.
+        "dropped": dropped,
+        **raw.metadata,
+    }
+    if "timestamp" not in raw.interactions:
+        metadata["timestamps"] = "row order: the source has no times"
+    users = pa.table({"user": pa.array(np.arange(len(user_ids)), pa.int32()), "raw_id": pa.array(user_ids)})
+    return SourceData(
+        interactions=table, items=_item_batches(items, categories, dropped), users=users, metadata=metadata
+    )
