@@ -169,6 +169,7 @@ def read_delimited(
     sep: str,
     columns: Sequence[str],
     *,
+    optional: Sequence[str] = (),
     header: bool = True,
     encoding: str = "utf-8",
     quoted: bool = True,
@@ -180,6 +181,7 @@ def read_delimited(
         path: the file.
         sep: the field separator; one of several characters (MovieLens ``::``) is supported too.
         columns: the columns to read.
+        optional: columns read when the header has them.
         header: whether the first line names the columns.
         encoding: the text encoding.
         quoted: whether fields may be quoted (MovieLens titles hold bare quotes: pass False).
@@ -212,7 +214,8 @@ def read_delimited(
         _check_columns(found, columns, path, sep)
         if isinstance(source, io.StringIO):
             source.seek(0)
-        return pd.read_csv(source, usecols=list(dict.fromkeys(columns)), **options)
+        wanted = [*columns, *(column for column in optional if column in found)]
+        return pd.read_csv(source, usecols=list(dict.fromkeys(wanted)), **options)
     except pd.errors.EmptyDataError:
         raise ConfigurationError(f"{path} is empty") from None
     except pd.errors.ParserError as error:
@@ -388,14 +391,19 @@ def _items(raw: RawSource, dropped: dict[str, int]) -> pd.DataFrame:
         )
         _count(dropped, "duplicate_items", repeated.sum())
         items = items[~repeated.to_numpy()]
-    table = pd.DataFrame({"item": items["item"].to_numpy(dtype=object)})
-    table["text"] = join_text(items, list(raw.text_columns))
     categories = items["category"].tolist() if "category" in items else [None] * len(items)
-    table["category"] = [clean_text(name) for name in categories]
-    for column in ("image", "image_path"):
-        if column in items:
-            table[column] = [None if _missing(value) else value for value in items[column].tolist()]
-    return table
+    columns = {
+        "item": items["item"].tolist(),
+        "text": join_text(items, list(raw.text_columns)),
+        "category": [clean_text(name) for name in categories],
+        **{
+            column: [None if _missing(value) else value for value in items[column].tolist()]
+            for column in ("image", "image_path")
+            if column in items
+        },
+    }
+    # Object columns keep None as None (pandas would otherwise infer a string dtype holding NaN).
+    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()})
 
 
 def _interactions(raw: RawSource) -> pd.DataFrame:
@@ -658,7 +666,8 @@ def build(name: str, options: CommonOptions, raw: RawSource) -> SourceData:
         _warn_each([f"{message}; kept without an image" for message in problems.values()], "missing images")
         _count(dropped, "missing_images", len(problems))
         if problems:
-            items = items.assign(image_path=np.where(has_image, items["image_path"], None))
+            usable = np.where(has_image, items["image_path"].to_numpy(dtype=object), None)
+            items = items.assign(image_path=pd.Series(usable, index=items.index, dtype=object))
 
     item_ids, user_ids = sorted_ids(items["item"].tolist()), sorted_ids(interactions["user"].unique().tolist())
     items = items.iloc[pd.Index(items["item"]).get_indexer(item_ids)]
