@@ -74,17 +74,9 @@ class RankingMetrics(Metric):
     def max_k(self) -> int:
         return self.top_k[-1]
 
-    def update(self, scores: torch.Tensor, relevant: torch.Tensor) -> None:
-        """Rank every item by ``scores`` ``[users, items]`` (items to exclude already at ``-inf``) against the
-        bool matrix ``relevant``. Ties are broken as ``torch.topk`` breaks them, as in MMRec."""
-        if self.max_k > scores.shape[1]:
-            raise ValueError(f"top_k {self.max_k} is larger than the catalogue ({scores.shape[1]} items)")
-        top = torch.topk(scores, self.max_k, dim=1).indices
-        self.update_from_hits(relevant.gather(1, top), relevant.sum(1))
-
-    def update_from_hits(self, hits: torch.Tensor, num_relevant: torch.Tensor) -> None:
-        """Accumulate users given the relevance of their ranked top ``max(top_k)`` items; users with no
-        relevant item are skipped."""
+    def update(self, hits: torch.Tensor, num_relevant: torch.Tensor) -> None:
+        """Accumulate users given the relevance ``hits`` ``[users, max(top_k)]`` of their ranked top items and
+        their number of relevant items; users with no relevant item are skipped."""
         keep = num_relevant > 0
         if not keep.any():
             return
@@ -92,6 +84,14 @@ class RankingMetrics(Metric):
         for name, per_user in values.items():
             setattr(self, name, getattr(self, name) + per_user.sum())
         self.users += keep.sum()
+
+    def update_from_scores(self, scores: torch.Tensor, relevant: torch.Tensor) -> None:
+        """Rank every item by ``scores`` ``[users, items]`` (items to exclude already at ``-inf``) against the
+        bool matrix ``relevant``. Ties are broken as ``torch.topk`` breaks them, as in MMRec."""
+        if self.max_k > scores.shape[1]:
+            raise ValueError(f"top_k {self.max_k} is larger than the catalogue ({scores.shape[1]} items)")
+        top = torch.topk(scores, self.max_k, dim=1).indices
+        self.update(relevant.gather(1, top), relevant.sum(1))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """The mean of each metric over the evaluated users, and ``users``, their number."""

@@ -13,7 +13,7 @@ def test_one_user_by_hand():
     # ranking 0,1,2,3,4; relevant {1, 3}
     metric = RankingMetrics([2, 4])
     relevant = torch.tensor([[False, True, False, True, False]])
-    metric.update(torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]]), relevant)
+    metric.update_from_scores(torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5]]), relevant)
     out = {k: float(v) for k, v in metric.compute().items()}
     d2, d3, d5 = 1 / math.log2(2), 1 / math.log2(3), 1 / math.log2(5)
     assert out["recall@2"] == pytest.approx(0.5)
@@ -30,7 +30,7 @@ def test_one_user_by_hand():
 def test_ideal_dcg_is_capped_at_k_and_map_divides_by_min_relevant_k():
     # 3 relevant items, K = 2, the top 2 both relevant: perfect NDCG@2 and MAP@2 although recall is 2/3
     metric = RankingMetrics([2])
-    metric.update(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([[True, True, False, True]]))
+    metric.update_from_scores(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), torch.tensor([[True, True, False, True]]))
     out = metric.compute()
     assert float(out["ndcg@2"]) == pytest.approx(1.0)
     assert float(out["map@2"]) == pytest.approx(1.0)
@@ -43,7 +43,7 @@ def test_masked_training_items_and_averaging_over_users_with_relevant_items():
     # user 1: its best item is irrelevant; user 2 has no relevant item and is not counted
     scores = torch.tensor([[-INF, 0.1, 0.8], [0.9, 0.1, 0.2], [0.3, 0.2, 0.1]])
     relevant = torch.tensor([[False, False, True], [False, True, False], [False, False, False]])
-    metric.update(scores, relevant)
+    metric.update_from_scores(scores, relevant)
     out = metric.compute()
     assert int(metric.users) == 2
     assert float(out["recall@1"]) == pytest.approx(0.5)
@@ -52,7 +52,7 @@ def test_masked_training_items_and_averaging_over_users_with_relevant_items():
 
 def test_ties_among_relevant_items_do_not_change_the_result():
     metric = RankingMetrics([3])
-    metric.update(torch.tensor([[1.0, 1.0, 1.0, 0.0]]), torch.tensor([[True, True, True, False]]))
+    metric.update_from_scores(torch.tensor([[1.0, 1.0, 1.0, 0.0]]), torch.tensor([[True, True, True, False]]))
     assert float(metric.compute()["ndcg@3"]) == pytest.approx(1.0)
     assert float(metric.compute()["map@3"]) == pytest.approx(1.0)
 
@@ -60,7 +60,7 @@ def test_ties_among_relevant_items_do_not_change_the_result():
 def test_ties_across_the_cutoff_count_one_of_the_tied_items():
     # items 0 and 1 tie for the single slot at K=1; exactly one of them is relevant
     metric = RankingMetrics([1])
-    metric.update(torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[True, False, False]]))
+    metric.update_from_scores(torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([[True, False, False]]))
     assert float(metric.compute()["recall@1"]) in (0.0, 1.0)
 
 
@@ -68,16 +68,16 @@ def test_batches_accumulate_like_one_batch():
     torch.manual_seed(0)
     scores, relevant = torch.randn(50, 30), torch.rand(50, 30) < 0.1
     whole, parts = RankingMetrics([5, 10]), RankingMetrics([5, 10])
-    whole.update(scores, relevant)
+    whole.update_from_scores(scores, relevant)
     for s, r in zip(scores.split(7), relevant.split(7), strict=True):
-        parts.update(s, r)
+        parts.update_from_scores(s, r)
     for name, value in whole.compute().items():
         assert float(parts.compute()[name]) == pytest.approx(float(value), abs=1e-6)
 
 
 def test_k_larger_than_catalogue_is_refused():
     with pytest.raises(ValueError, match="larger than the catalogue"):
-        RankingMetrics([10]).update(torch.randn(2, 5), torch.ones(2, 5, dtype=torch.bool))
+        RankingMetrics([10]).update_from_scores(torch.randn(2, 5), torch.ones(2, 5, dtype=torch.bool))
 
 
 def test_chunked_ranking_with_exclusions_equals_dense_masking():

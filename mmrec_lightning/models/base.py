@@ -168,7 +168,7 @@ class RecommenderModule(L.LightningModule):
             for name, keep in (("warm", ~cold), ("cold", cold)):
                 targets.append((name, groups[name], batch["target_rows"][keep], batch["target_items"][keep]))
         for _, metric, rows, items in targets:
-            metric.update_from_hits(hits_of(top, rows, items), torch.bincount(rows, minlength=len(batch["users"])))
+            metric.update(hits_of(top, rows, items), torch.bincount(rows, minlength=len(batch["users"])))
 
     def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
         values = metrics.compute()  # reduced over ranks by torchmetrics; sync_dist only averages equal values
