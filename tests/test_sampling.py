@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mmrec_lightning.data.datasets import TrainInteractions
-from mmrec_lightning.data.sampling import EpochSampler
+from mmrec_lightning.data.sampling import EpochSampler, shard_sizes
 from mmrec_lightning.data.schema import PreparedDataset
 
 
@@ -42,12 +42,18 @@ def test_examples_depend_only_on_seed_epoch_and_index(synthetic_dir):
     assert (next_epoch != a.__getitems__(keys)["negatives"]).mean() > 0.8  # a new epoch draws new negatives
 
 
-def test_epoch_sampler_shards_cover_every_index_and_reshuffle_per_epoch():
-    shards = [EpochSampler(10, num_replicas=2, rank=r, seed=0) for r in range(2)]
+@pytest.mark.parametrize(("size", "world", "batch"), [(10, 2, 3), (12, 2, 3), (13, 3, 2), (7, 4, 8), (3, 4, 2), (1000, 4, 64)])
+def test_every_interaction_is_seen_once_per_epoch_across_ranks_in_equal_batch_counts(size, world, batch):
+    shards = [EpochSampler(size, batch, num_replicas=world, rank=r, seed=0) for r in range(world)]
     first = [index for s in shards for index, _ in s]
-    assert sorted(first) == list(range(10))
+    sizes, repeats = shard_sizes(size, world, batch)
+    assert len(first) == size + repeats and set(first) == set(range(size))  # none lost
+    assert repeats < world  # repeats only to give every rank its last batch
+    if (size - 1) // (world * batch) * world * batch + world <= size:
+        assert repeats == 0 and sorted(first) == list(range(size))  # each interaction exactly once
+    assert len({-(-len(s) // batch) for s in shards}) == 1  # every rank runs the same number of batches
     for s in shards:
         s.set_epoch(1)
     second = [index for s in shards for index, _ in s]
-    assert sorted(second) == list(range(10)) and second != first
+    assert set(second) == set(first) and second != first
     assert {epoch for s in shards for _, epoch in s} == {1}

@@ -154,7 +154,7 @@ class RecDataModule(L.LightningDataModule):
         hp = self.hparams
         dataset = TrainInteractions(self.train_split, self.num_items, hp.num_negatives, hp.history_length, hp.seed)
         world_size, rank = self._world
-        sampler = EpochSampler(len(dataset), num_replicas=world_size, rank=rank, seed=hp.seed)
+        sampler = EpochSampler(len(dataset), hp.batch_size, num_replicas=world_size, rank=rank, seed=hp.seed)
         return self._loader(dataset, hp.batch_size, TrainCollator(self._content(), hp.seed), sampler)
 
     def catalogue_dataloader(self) -> DataLoader:

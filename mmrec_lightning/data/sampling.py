@@ -11,25 +11,57 @@ import torch
 from torch.utils.data import DistributedSampler
 
 
+def shard_sizes(size: int, num_replicas: int, batch_size: int) -> tuple[list[int], int]:
+    """How many examples each rank takes so that every rank runs the same number of batches (DDP needs
+    that) while no example is repeated: the last batches differ in size by at most one. Only when fewer
+    examples than ranks are left over for those last batches are some repeated; returns (sizes, repeats)."""
+    batches = -(-size // (num_replicas * batch_size))
+    full = (batches - 1) * batch_size
+    rest = size - num_replicas * full
+    repeats = max(0, num_replicas - rest)
+    rest += repeats
+    return [full + rest // num_replicas + (rank < rest % num_replicas) for rank in range(num_replicas)], repeats
+
+
 class EpochSampler(DistributedSampler):
     """Shuffles the training interactions per epoch and shards them over ranks, yielding
     ``(index, epoch)`` pairs so that the dataset can seed each example's negatives and augmentation from
     (seed, epoch, index): the data then do not depend on the number of workers, and a resumed run draws
     exactly what an uninterrupted one would.
 
-    It subclasses ``DistributedSampler`` so that Lightning leaves it in place under DDP; Lightning calls
-    ``set_epoch`` on it at the start of every epoch.
+    Unlike ``DistributedSampler``, which pads every shard to the same length with repeated examples, it
+    sizes the shards (see :func:`shard_sizes`) so that within an epoch each interaction is seen once
+    across ranks. It subclasses ``DistributedSampler`` so that Lightning leaves it in place under DDP;
+    Lightning calls ``set_epoch`` on it at the start of every epoch.
     """
 
-    def __init__(self, dataset_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__(range(dataset_size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.size = dataset_size
-        super().__init__(
-            range(dataset_size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
-        )
+        sizes, self.repeats = shard_sizes(dataset_size, num_replicas, batch_size)
+        self.num_samples = sizes[rank]
+        self.start = sum(sizes[:rank])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        for index in super().__iter__():
-            yield int(index), self.epoch
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        order = torch.cat([order, order[: self.repeats]])
+        for index in order[self.start : self.start + self.num_samples].tolist():
+            yield index, self.epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

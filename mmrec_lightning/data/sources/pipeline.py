@@ -206,7 +206,7 @@ def read_delimited(
             if frame.shape[1] != len(columns):
                 raise ConfigurationError(
                     f"{path}: expected {len(columns)} fields separated by {sep!r} ({', '.join(columns)}), "
-                    f"found {frame.shape[1]} on line 1"
+                    f"found {frame.shape[1]}"
                 )
             frame.columns = list(columns)
             return frame
@@ -280,12 +280,15 @@ def to_seconds(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
 
 # --- text, categories and images -------------------------------------------------------------------------------
 
+# Tags that break a line become a space; the others (<b>, <span>, …) sit inside words and phrases and vanish.
+_BREAK_TAG = re.compile(r"<\s*/?\s*(?:br|p|div|li|ul|ol|tr|td|th|h[1-6]|hr|table|blockquote|section)\b[^<>]*>", re.I)
 _TAG = re.compile(r"<!--.*?-->|<\s*/?\s*[A-Za-z][^<>]*>", re.DOTALL)
 _SPACE = re.compile(r"\s+")
 
 
 def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+    """Whether a cell is empty: None, NaN or pandas' NA."""
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
 def clean_text(value: object) -> str | None:
@@ -296,7 +299,8 @@ def clean_text(value: object) -> str | None:
     elif _missing(value):
         return None
     # Unescape first: some dumps escape their markup twice ("&lt;br&gt;").
-    text = _SPACE.sub(" ", _TAG.sub(" ", html.unescape(str(value)))).strip()
+    text = _TAG.sub("", _BREAK_TAG.sub(" ", html.unescape(str(value))))
+    text = _SPACE.sub(" ", text).strip()
     return text or None
 
 
@@ -414,7 +418,7 @@ def _interactions(raw: RawSource) -> pd.DataFrame:
             raise ConfigurationError(f"{raw.interactions_file}: the interactions have no {column} id column")
     table = pd.DataFrame(
         {
-            "user": frame["user"].astype(str).to_numpy(dtype=object),
+            "user": frame["user"].astype(str).str.strip().to_numpy(dtype=object),
             "item": frame["item"].astype(str).str.strip().to_numpy(dtype=object),
             "order": np.arange(len(frame), dtype=np.int64),
         }
