@@ -21,3 +21,25 @@ def test_fit_and_test_with_two_ddp_processes(tmp_path, synthetic_dir, tokenizer_
     assert set(results) == {"MultimodalRecommender", "Popularity"}
     saved = yaml.safe_load((metrics_file.parent / "config.yaml").read_text())
     assert saved["trainer"]["devices"] == 2
+
+
+@pytest.mark.slow
+def test_evaluation_with_two_processes_equals_one_process(tmp_path, synthetic_dir, tokenizer_dir):
+    config = tiny_config(tmp_path, synthetic_dir, tokenizer_dir, max_epochs=1)
+    fit = [sys.executable, "-m", "mmrec_lightning", "fit", "--config", str(config)]
+    subprocess.run(fit, check=True, capture_output=True, timeout=600)
+    (checkpoint,) = Path(tmp_path / "runs").rglob("last.ckpt")
+    results = {}
+    for devices in (1, 2):
+        directory = tmp_path / f"test-{devices}"
+        command = [
+            sys.executable, "-m", "mmrec_lightning", "test", "--config", str(config), "--ckpt_path", str(checkpoint),
+            f"--trainer.devices={devices}", f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+            f"--test_metrics.directory={directory}", "--data.eval_batch_size=7", "--data.item_batch_size=9",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[devices] = json.loads((directory / "test_metrics.json").read_text())["MultimodalRecommender"]
+    assert results[1]["users"] == results[2]["users"] > 0  # every evaluated user counted exactly once
+    for name, value in results[1].items():
+        assert results[2][name] == pytest.approx(value, abs=1e-6), name
