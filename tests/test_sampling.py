@@ -42,7 +42,9 @@ def test_examples_depend_only_on_seed_epoch_and_index(synthetic_dir):
     assert (next_epoch != a.__getitems__(keys)["negatives"]).mean() > 0.8  # a new epoch draws new negatives
 
 
-@pytest.mark.parametrize(("size", "world", "batch"), [(10, 2, 3), (12, 2, 3), (13, 3, 2), (7, 4, 8), (3, 4, 2), (1000, 4, 64)])
+@pytest.mark.parametrize(
+    ("size", "world", "batch"), [(10, 2, 3), (12, 2, 3), (13, 3, 2), (7, 4, 8), (3, 4, 2), (1000, 4, 64)]
+)
 def test_every_interaction_is_seen_once_per_epoch_across_ranks_in_equal_batch_counts(size, world, batch):
     shards = [EpochSampler(size, batch, num_replicas=world, rank=r, seed=0) for r in range(world)]
     first = [index for s in shards for index, _ in s]
