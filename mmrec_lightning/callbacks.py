@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 
 SECRET_KEY = re.compile(r"(api[_-]?key|token|password|secret)", re.IGNORECASE)
 
@@ -73,3 +75,49 @@ def format_table(results: dict[str, dict[str, float]], metrics: list[str]) -> st
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced non-finite losses too many steps in a row."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Skips optimizer steps whose gradients are not finite (a NaN or Inf loss gives such gradients) by
+    dropping them, counts the skipped steps (``train/skipped_steps`` per epoch), and stops the run after
+    ``max_consecutive`` skipped steps in a row, naming the last good checkpoint. Under DDP the gradients
+    are already averaged over ranks here, so every rank skips the same steps.
+
+    Args:
+        max_consecutive: skipped steps in a row after which the run stops.
+    """
+
+    def __init__(self, max_consecutive: int = 10) -> None:
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.skipped_this_epoch = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.skipped_this_epoch = 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if all(torch.isfinite(g).all() for g in grads):
+            self.consecutive = 0
+            return
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None  # the optimizer leaves parameters without gradients untouched
+        self.consecutive += 1
+        self.skipped_this_epoch += 1
+        rank_zero_warn(f"step {trainer.global_step}: non-finite loss or gradients; step skipped")
+        if self.consecutive >= self.max_consecutive:
+            checkpoint = trainer.checkpoint_callback
+            last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
+            raise NonFiniteLossError(
+                f"{self.consecutive} steps in a row had non-finite losses; stopping. Last good checkpoint: "
+                f"{last_good or 'none saved yet'}. Lower the learning rate or check the data, then resume "
+                "with --ckpt_path"
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("train/skipped_steps", float(self.skipped_this_epoch), sync_dist=False, rank_zero_only=True)

@@ -7,7 +7,7 @@ import json
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mmrec_lightning.callbacks import LoggedSaveConfigCallback, TestMetricsWriter, format_table
+from mmrec_lightning.callbacks import LoggedSaveConfigCallback, NonFiniteGuard, TestMetricsWriter, format_table
 from mmrec_lightning.data.datamodule import RecDataModule
 from mmrec_lightning.models import Popularity, RecommenderModule
 
@@ -33,6 +33,7 @@ class RecommenderCLI(LightningCLI):
         for size in ("num_users", "num_items", "num_categories"):
             parser.link_arguments(f"data.{size}", f"model.init_args.{size}", apply_on="instantiate")
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
