@@ -93,3 +93,21 @@ def test_in_batch_softmax_does_not_count_the_same_item_as_a_negative():
     different = SampledSoftmaxLoss(temperature=1.0)(user, positive, negatives, torch.tensor([7, 8]))
     assert torch.allclose(same, -torch.log_softmax(torch.tensor([1.0, 0.0]), 0)[0])
     assert different > same
+
+
+def test_lightgcn_propagation_and_its_gradient_match_a_dense_reference():
+    from mmrec_lightning.models.id_based import SymmetricSparseMatmul, normalized_adjacency
+
+    indptr, items = [0, 2, 3], [0, 2, 1]  # user 0: items 0, 2; user 1: item 1
+    graph = normalized_adjacency(indptr, items, num_users=2, num_items=3)
+    dense = torch.zeros(5, 5)
+    for user, item in ((0, 0), (0, 2), (1, 1)):
+        dense[user, 2 + item] = dense[2 + item, user] = 1.0
+    degree = dense.sum(1)
+    expected = dense / torch.sqrt(degree[:, None] * degree[None, :])
+    assert torch.allclose(graph.to_dense(), expected)
+    x = torch.randn(5, 3, requires_grad=True)
+    SymmetricSparseMatmul.apply(graph, x).pow(2).sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    (expected @ reference).pow(2).sum().backward()
+    assert torch.allclose(x.grad, reference.grad, atol=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
@@ -143,19 +144,34 @@ class LightGCN(MatrixFactorization):
         layer = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         total = layer
         for _ in range(self.num_layers):
-            layer = torch.sparse.mm(self.graph, layer)
+            layer = SymmetricSparseMatmul.apply(self.graph, layer)
             total = total + layer
         mean = total / (self.num_layers + 1)
         return mean[: self.num_users], mean[self.num_users :]
 
 
+class SymmetricSparseMatmul(torch.autograd.Function):
+    """``A @ x`` for a symmetric sparse ``A``, whose gradient is ``A @ grad`` again. torch's own backward
+    of ``sparse.mm`` transposes ``A`` on every call, which costs more than the product itself."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        ctx.matrix = matrix
+        return matrix @ dense
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, ctx.matrix @ grad
+
+
 def normalized_adjacency(indptr, items, num_users: int, num_items: int) -> torch.Tensor:
     """D^-1/2 A D^-1/2 of the bipartite user-item graph as a sparse CSR matrix over users then items."""
-    users = torch.repeat_interleave(torch.arange(num_users), torch.as_tensor(indptr).diff())
-    items = torch.as_tensor(items, dtype=torch.long) + num_users
+    users = torch.repeat_interleave(torch.arange(num_users), torch.from_numpy(np.diff(indptr)))
+    items = torch.from_numpy(np.asarray(items, dtype=np.int64)) + num_users
     rows, cols = torch.cat([users, items]), torch.cat([items, users])
     size = num_users + num_items
     degree = torch.bincount(rows, minlength=size).float()
     scale = degree.clamp(min=1).rsqrt()
     values = scale[rows] * scale[cols]
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (size, size)).coalesce().to_sparse_csr()
+    coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (size, size), check_invariants=True)
+    return coo.coalesce().to_sparse_csr()
