@@ -20,7 +20,7 @@ from mmrec_lightning.data.datasets import (
     collate_eval_users,
 )
 from mmrec_lightning.data.items import ItemContent, ItemPreprocessing
-from mmrec_lightning.data.sampling import EpochSampler
+from mmrec_lightning.data.sampling import EpochSampler, ResumableDataLoader
 from mmrec_lightning.data.schema import PreparedDataset, PreparedDatasetError, write_prepared
 from mmrec_lightning.data.sources.synthetic import CATEGORIES, SyntheticSpec, generate
 from mmrec_lightning.errors import ConfigurationError
@@ -131,9 +131,9 @@ class RecDataModule(L.LightningDataModule):
     def _content(self) -> ItemContent:
         return ItemContent(self.path, self.preprocessing or ItemPreprocessing(), self.item_train_counts)
 
-    def _loader(self, dataset: Dataset, batch_size: int, collate, sampler=None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, collate, sampler=None, loader=DataLoader, **kwargs):
         workers = self.hparams.num_workers
-        return DataLoader(
+        return loader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -141,7 +141,11 @@ class RecDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory,
+            **kwargs,
         )
+
+    def _batches_trained(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
 
     def _eval_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
         """Under DDP every user and item is evaluated exactly once: shards without padding duplicates."""
@@ -155,7 +159,10 @@ class RecDataModule(L.LightningDataModule):
         dataset = TrainInteractions(self.train_split, self.num_items, hp.num_negatives, hp.history_length, hp.seed)
         world_size, rank = self._world
         sampler = EpochSampler(len(dataset), hp.batch_size, num_replicas=world_size, rank=rank, seed=hp.seed)
-        return self._loader(dataset, hp.batch_size, TrainCollator(self._content(), hp.seed), sampler)
+        collate = TrainCollator(self._content(), hp.seed)
+        return self._loader(
+            dataset, hp.batch_size, collate, sampler, loader=ResumableDataLoader, progress=self._batches_trained
+        )
 
     def catalogue_dataloader(self) -> DataLoader:
         dataset = Catalogue(self.num_items)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def shard_sizes(size: int, num_replicas: int, batch_size: int) -> tuple[list[int], int]:
@@ -49,6 +49,11 @@ class EpochSampler(DistributedSampler):
         sizes, self.repeats = shard_sizes(dataset_size, num_replicas, batch_size)
         self.num_samples = sizes[rank]
         self.start = sum(sizes[:rank])
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, samples_done: int) -> None:
+        """Make the next pass over ``epoch`` start after its first ``samples_done`` samples."""
+        self._resume = (epoch, samples_done)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         if self.shuffle:
@@ -57,7 +62,11 @@ class EpochSampler(DistributedSampler):
         else:
             order = torch.arange(self.size)
         order = torch.cat([order, order[: self.repeats]])
-        for index in order[self.start : self.start + self.num_samples].tolist():
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+        self._resume = None
+        for index in order[self.start + skip : self.start + self.num_samples].tolist():
             yield index, self.epoch
 
     def __len__(self) -> int:
@@ -81,3 +90,25 @@ def seeded_augmentation(seed: int, epoch: int, index: int) -> Iterator[None]:
             yield
         finally:
             random.setstate(state)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose place in the epoch is saved in checkpoints (Lightning calls ``state_dict`` /
+    ``load_state_dict`` on stateful loaders), so a run resumed from a mid-epoch checkpoint continues with
+    the next batch instead of starting the epoch again.
+
+    Args:
+        progress: returns how many batches of the current epoch have been trained on. It is read from the
+            trainer rather than counted here, because the trainer fetches batches ahead of training them.
+        *args, **kwargs: as for ``DataLoader``; the sampler must be an :class:`EpochSampler`.
+    """
+
+    def __init__(self, *args, progress: Callable[[], int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": int(self.progress())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)

@@ -10,6 +10,7 @@ that count as relevant differ.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +62,21 @@ def hits_of(top_items: torch.Tensor, target_rows: torch.Tensor, target_items: to
     return hits > 0
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with everything but containers and primitives replaced by an import path or a string."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, nn.Module):
+        value = type(value)
+    if isinstance(value, type) or inspect.isfunction(value) or inspect.isbuiltin(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return str(value)
+
+
 class RecommenderModule(L.LightningModule):
     """Base of every model: full-ranking validation, test and prediction over the whole catalogue.
 
@@ -103,6 +119,23 @@ class RecommenderModule(L.LightningModule):
         """As Lightning's, but encoders skip their pretrained weights: the checkpoint holds them."""
         with restoring_checkpoint():
             return super().load_from_checkpoint(*args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep torch's random state (dropout, modality dropout), so a resumed run draws what an
+        uninterrupted one would (the data pipeline seeds itself from (seed, epoch, batch)), and keep the
+        checkpoint loadable with ``weights_only=True``: components given as Python objects rather than by
+        config are stored by import path."""
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = _plain(checkpoint["hyper_parameters"])
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+        if "cuda_rng_state" in checkpoint and torch.cuda.is_available():
+            torch.cuda.set_rng_state(checkpoint["cuda_rng_state"])
 
     # --- what subclasses provide ---------------------------------------------------------------------
 
