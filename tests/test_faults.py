@@ -7,6 +7,7 @@ from conftest import TINY_SPEC
 
 from mmrec_lightning.callbacks import NonFiniteGuard, NonFiniteLossError
 from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.models import MatrixFactorization
 
 
@@ -79,7 +80,7 @@ def _resumable_fit(synthetic_dir, tmp_path, interrupt_at=None, ckpt_path=None):
 
 def test_a_run_killed_mid_epoch_three_times_ends_like_one_that_never_stopped(synthetic_dir, tmp_path):
     reference = _resumable_fit(synthetic_dir, tmp_path / "reference")
-    steps_per_epoch = -(-len(PreparedDatasetSplits(synthetic_dir)) // 64)
+    steps_per_epoch = -(-len(PreparedDataset(synthetic_dir).split("train").items) // 64)
     kills = [3, steps_per_epoch + 2, 2 * steps_per_epoch + 4]  # mid-epoch in each of the 3 epochs
     run = tmp_path / "killed"
     last = None
@@ -89,9 +90,3 @@ def test_a_run_killed_mid_epoch_three_times_ends_like_one_that_never_stopped(syn
     resumed = _resumable_fit(synthetic_dir, run, ckpt_path=last)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-
-
-def PreparedDatasetSplits(path):
-    from mmrec_lightning.data.schema import PreparedDataset
-
-    return PreparedDataset(path).split("train").items
