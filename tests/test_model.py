@@ -111,3 +111,13 @@ def test_lightgcn_propagation_and_its_gradient_match_a_dense_reference():
     reference = x.detach().clone().requires_grad_(True)
     (expected @ reference).pow(2).sum().backward()
     assert torch.allclose(x.grad, reference.grad, atol=1e-6)
+
+
+def test_a_cutoff_larger_than_the_catalogue_is_refused_when_the_model_is_built():
+    import pytest
+
+    from mmrec_lightning.errors import ConfigurationError
+    from mmrec_lightning.models import Popularity
+
+    with pytest.raises(ConfigurationError, match=r"model.top_k: K=50 is larger than the catalogue \(40 items\)"):
+        Popularity(num_users=3, num_items=40, top_k=[10, 50])
