@@ -1,4 +1,5 @@
-"""Callbacks the CLI adds to every run: the resolved config sent to the loggers, test metrics written to JSON."""
+"""Callbacks the CLI adds to every run: the resolved config sent to the loggers, test metrics written to JSON,
+non-finite steps skipped, predictions written to Parquet."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import torch
 import yaml
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -121,3 +127,57 @@ class NonFiniteGuard(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log("train/skipped_steps", float(self.skipped_this_epoch), sync_dist=False, rank_zero_only=True)
+
+
+class TopKWriter(BasePredictionWriter):
+    """Writes what ``predict`` returns — each user's top-K items (training items excluded) with scores —
+    to ``<run dir>/predictions.parquet`` (one file per rank under DDP), with the dataset's raw user and item
+    ids, one row per (user, rank).
+
+    Args:
+        directory: where to write; default the run's log directory.
+        csv: also write the same table as CSV.
+    """
+
+    def __init__(self, directory: str | None = None, csv: bool = False) -> None:
+        super().__init__(write_interval="batch")
+        self.directory = directory
+        self.csv = csv
+        self.paths: list[Path] = []
+        self._writer: pq.ParquetWriter | None = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        self.paths = [directory / f"predictions{suffix}.parquet"]
+        dataset = trainer.datamodule.dataset
+        self._user_ids = dataset.users.column("raw_id")
+        self._item_ids = dataset.items.column("raw_id")
+        self._writer = None
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        if prediction is None:  # the catalogue pass
+            return
+        users, items, scores = (prediction[k].cpu().numpy() for k in ("users", "items", "scores"))
+        k = items.shape[1]
+        table = pa.table(
+            {
+                "user": self._user_ids.take(pa.array(np.repeat(users, k))),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
+                "item": self._item_ids.take(pa.array(items.ravel())),
+                "score": scores.ravel().astype(np.float32),
+            }
+        )
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(str(self.paths[0]), table.schema)
+        self._writer.write_table(table)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        if self.csv:
+            path = self.paths[0].with_suffix(".csv")
+            pa_csv.write_csv(pq.read_table(self.paths[0]), str(path))
+            self.paths.append(path)

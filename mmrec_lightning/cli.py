@@ -7,7 +7,13 @@ import json
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mmrec_lightning.callbacks import LoggedSaveConfigCallback, NonFiniteGuard, TestMetricsWriter, format_table
+from mmrec_lightning.callbacks import (
+    LoggedSaveConfigCallback,
+    NonFiniteGuard,
+    TestMetricsWriter,
+    TopKWriter,
+    format_table,
+)
 from mmrec_lightning.data.datamodule import RecDataModule
 from mmrec_lightning.models import Popularity, RecommenderModule
 
@@ -34,6 +40,7 @@ class RecommenderCLI(LightningCLI):
             parser.link_arguments(f"data.{size}", f"model.init_args.{size}", apply_on="instantiate")
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
+        parser.add_lightning_class_args(TopKWriter, "predictions")
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -1,15 +1,17 @@
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import wandb
 import yaml
-from conftest import TINY_BERT
+from conftest import TINY_BERT, TINY_SPEC
 
 from mmrec_lightning.__main__ import main as entry_point
-from mmrec_lightning.callbacks import redact
+from mmrec_lightning.callbacks import TopKWriter, redact
 from mmrec_lightning.cli import RecommenderCLI
+from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.models import MultimodalRecommender
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
@@ -131,6 +133,17 @@ def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, 
     }
     for name, value in results["MultimodalRecommender"].items():
         assert again[name] == pytest.approx(value, abs=1e-6), name
+
+    predicted = RecommenderCLI(args=["predict", "--config", str(config), "--ckpt_path", best, "--predictions.csv=true"])
+    writer = next(cb for cb in predicted.trainer.callbacks if isinstance(cb, TopKWriter))
+    table = pq.read_table(writer.paths[0]).to_pandas()
+    assert len(table) == TINY_SPEC.users * 20 and table["user"].nunique() == TINY_SPEC.users
+    dataset = PreparedDataset(synthetic_dir)
+    train = dataset.split("train")
+    first = table[table["user"] == "user0"].sort_values("rank")
+    assert list(first["rank"]) == list(range(1, 21)) and first["score"].is_monotonic_decreasing
+    assert not set(first["item"]) & {f"item{i}" for i in train.row(0)}  # training items excluded
+    assert writer.paths[1].suffix == ".csv" and writer.paths[1].read_text().startswith('"user","rank"')
 
     model = MultimodalRecommender.load_from_checkpoint(best, weights_only=True)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
