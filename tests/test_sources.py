@@ -17,8 +17,8 @@ from mmrec_lightning.data.sources.amazon import AmazonOptions
 from mmrec_lightning.data.sources.hm import HMOptions
 from mmrec_lightning.data.sources.mmrec import MMRecOptions
 from mmrec_lightning.data.sources.movielens import GENRES_100K, MovieLensOptions
-from mmrec_lightning.data.sources.pipeline import clean_text
 from mmrec_lightning.data.sources.table import TableOptions
+from mmrec_lightning.data.sources.text import clean_text
 from mmrec_lightning.errors import ConfigurationError
 
 

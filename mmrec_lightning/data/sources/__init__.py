@@ -1,8 +1,9 @@
 """Source adapters for ``prepare``: each turns one raw layout into :class:`SourceData`.
 
 A source is an options dataclass (its typed, documented fields become the command-line options) and a
-function from those options to :class:`SourceData`. The real-data adapters share their filtering and
-splitting options and steps (:mod:`.pipeline`).
+function from those options to :class:`SourceData`. The real-data adapters share their file readers
+(:mod:`.readers`) and their filtering and splitting options and steps (:mod:`.pipeline`, which cleans text with
+:mod:`.text` and splits with :mod:`.splits`, the split functions the synthetic source uses too).
 """
 
 from collections.abc import Callable

@@ -24,7 +24,8 @@ from typing import IO, Any
 import pandas as pd
 
 from mmrec_lightning.data.sources.base import SourceData
-from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build, require_file, require_folder
+from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
+from mmrec_lightning.data.sources.readers import require_file, require_folder
 from mmrec_lightning.errors import ConfigurationError
 
 REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")

@@ -21,11 +21,9 @@ import numpy as np
 import pandas as pd
 
 from mmrec_lightning.data.sources.base import SourceData
-from mmrec_lightning.data.sources.pipeline import (
-    CommonOptions,
+from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
+from mmrec_lightning.data.sources.readers import (
     FileRows,
-    RawSource,
-    build,
     read_delimited,
     read_table,
     require_file,

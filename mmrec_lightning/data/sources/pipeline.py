@@ -1,26 +1,25 @@
-"""From raw tables to :class:`SourceData`: the reading, filtering, id mapping, splitting, text cleaning and lazy
-image reading that every real-data adapter shares.
+"""From raw tables to :class:`SourceData`: the filtering, id mapping, splitting and lazy image reading that every
+real-data adapter shares.
 
 An adapter reads its files into a :class:`RawSource` (raw string ids, optional timestamps, ratings and split;
-an item table with text columns, a category name and an image path or bytes) and calls :func:`build`. Its
-options dataclass inherits :class:`CommonOptions`, whose fields become the flags ``--k_core``, ``--split`` ….
+an item table with text columns, a category name and an image path or bytes), with the help of
+:mod:`.readers`, and calls :func:`build`. Its options dataclass inherits :class:`CommonOptions`, whose fields
+become the flags ``--k_core``, ``--split`` ….
 
-``build`` applies, in order, each step counted in ``metadata["dropped"]``:
+``build`` cleans the item text (:mod:`.text`) and applies, in order, each step counted in
+``metadata["dropped"]``:
 
 1. repeated item ids (the first row is kept) and interactions whose item is not in the item table;
 2. items without an image or text, with their interactions (``--drop_items_without``);
 3. ratings below ``--min_rating``; repeated (user, item) pairs (``--dedupe first``); the k-core (``--k_core``);
 
-then maps raw ids to 0..n-1 in sorted order and splits the interactions (``--split``).
+then maps raw ids to 0..n-1 in sorted order and splits the interactions (``--split``, :mod:`.splits`).
 """
 
 from __future__ import annotations
 
-import csv
-import html
 import io
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,11 +28,19 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from mmrec_lightning.data.schema import ITEMS_SCHEMA, SPLIT_CODES
 from mmrec_lightning.data.sources.base import SourceData
+from mmrec_lightning.data.sources.splits import (
+    TRAIN,
+    choose_cold_items,
+    cold_item_split,
+    leave_one_out_split,
+    per_user_random_split,
+    temporal_split,
+)
+from mmrec_lightning.data.sources.text import clean_text, is_missing, join_text
 from mmrec_lightning.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -41,10 +48,8 @@ log = logging.getLogger(__name__)
 SplitMethod = Literal["auto", "source", "random", "loo", "temporal", "cold"]
 Modality = Literal["image", "text"]
 Dedupe = Literal["first", "all"]
-TRAIN, VALID, TEST = SPLIT_CODES["train"], SPLIT_CODES["valid"], SPLIT_CODES["test"]
 ITEM_BATCH_SIZE = 256
 MAX_WARNINGS = 10  # per kind of problem; the rest are summed up in one line
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,205 +121,7 @@ class RawSource:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-# --- reading -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileRows:
-    """Names a data row of a file in messages: ``line N`` of a text file, ``row N`` of a Parquet file.
-
-    Args:
-        path: the file.
-        first_line: the line of the first data row (2 below a header); None for a file without lines.
-    """
-
-    path: Path
-    first_line: int | None
-
-    def __call__(self, position: int) -> str:
-        if self.first_line is None:
-            return f"{self.path} row {position + 1}"
-        return f"{self.path} line {position + self.first_line}"
-
-
-def require_file(path: str | Path, what: str) -> Path:
-    """``path`` if it is a file, else a ConfigurationError saying what the file was for."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError(f"{path}: file not found ({what})")
-    return path
-
-
-def require_folder(path: str | Path, what: str) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigurationError(f"{path}: folder not found ({what})")
-    return path
-
-
-def _check_columns(found: Sequence[str], expected: Sequence[str], path: Path, sep: str | None) -> None:
-    missing = [c for c in expected if c not in found]
-    if not missing:
-        return
-    if sep is not None and len(found) == 1 and len(expected) > 1:
-        raise ConfigurationError(
-            f"{path}: read as the single column {found[0]!r} with delimiter {sep!r}; is the file delimited by "
-            f"something else? (expected columns {list(expected)})"
-        )
-    raise ConfigurationError(f"{path}: missing column(s) {missing}; expected {list(expected)}, found {list(found)}")
-
-
-def read_delimited(
-    path: Path,
-    sep: str,
-    columns: Sequence[str],
-    *,
-    optional: Sequence[str] = (),
-    header: bool = True,
-    encoding: str = "utf-8",
-    quoted: bool = True,
-) -> pd.DataFrame:
-    """Read ``columns`` of a delimited text file, every cell a string (ids keep their leading zeros) and only
-    empty cells missing. Without a header, ``columns`` name the fields in order and their count must match.
-
-    Args:
-        path: the file.
-        sep: the field separator; one of several characters (MovieLens ``::``) is supported too.
-        columns: the columns to read.
-        optional: columns read when the header has them.
-        header: whether the first line names the columns.
-        encoding: the text encoding.
-        quoted: whether fields may be quoted (MovieLens titles hold bare quotes: pass False).
-    """
-    source: Path | io.StringIO = path
-    if len(sep) > 1:  # the fast C parser takes one character: swap the separator for a control character
-        try:
-            source = io.StringIO(path.read_text(encoding=encoding).replace(sep, "\x1f"))
-        except UnicodeDecodeError as error:
-            raise ConfigurationError(f"{path}: not {encoding} text ({error.reason} at byte {error.start})") from None
-    options: dict[str, Any] = {
-        "sep": "\x1f" if len(sep) > 1 else sep,
-        "dtype": str,
-        "keep_default_na": False,
-        "na_values": [""],
-        "encoding": encoding,
-        "quoting": csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
-    }
-    try:
-        if not header:
-            frame = pd.read_csv(source, header=None, **options)
-            if frame.shape[1] != len(columns):
-                raise ConfigurationError(
-                    f"{path}: expected {len(columns)} fields separated by {sep!r} ({', '.join(columns)}), "
-                    f"found {frame.shape[1]}"
-                )
-            frame.columns = list(columns)
-            return frame
-        found = list(pd.read_csv(source, nrows=0, **options).columns)
-        _check_columns(found, columns, path, sep)
-        if isinstance(source, io.StringIO):
-            source.seek(0)
-        wanted = [*columns, *(column for column in optional if column in found)]
-        return pd.read_csv(source, usecols=list(dict.fromkeys(wanted)), **options)
-    except pd.errors.EmptyDataError:
-        raise ConfigurationError(f"{path} is empty") from None
-    except pd.errors.ParserError as error:
-        raise ConfigurationError(f"{path}: cannot be read with delimiter {sep!r} ({error})".strip()) from None
-    except UnicodeDecodeError as error:
-        raise ConfigurationError(f"{path}: not {encoding} text ({error.reason} at byte {error.start})") from None
-
-
-def read_table(path: Path, delimiter: str, columns: Sequence[str]) -> tuple[pd.DataFrame, FileRows]:
-    """Read ``columns`` of a Parquet file (by its extension) or a delimited text file with a header."""
-    if path.suffix.lower() not in PARQUET_SUFFIXES:
-        return read_delimited(path, delimiter, columns), FileRows(path, 2)
-    try:
-        found = pq.read_schema(path).names
-    except (OSError, pa.ArrowInvalid) as error:
-        raise ConfigurationError(f"{path}: not a readable Parquet file ({error})") from None
-    _check_columns(found, columns, path, None)
-    return pd.read_parquet(path, columns=list(dict.fromkeys(columns))), FileRows(path, None)
-
-
-def require_ids(column: pd.Series, name: str, at: FileRows) -> pd.Series:
-    """A column of ids as stripped strings; an empty one is an error naming its row."""
-    ids = column.astype(str).str.strip()
-    empty = np.flatnonzero(column.isna().to_numpy() | (ids == "").to_numpy())
-    if empty.size:
-        raise ConfigurationError(f"{at(empty[0])}: empty {name} ({empty.size} such rows)")
-    return ids
-
-
-def to_numbers(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
-    """Floats from a column; a cell that is not a number is an error naming its row. Empty cells are NaN."""
-    if pd.api.types.is_numeric_dtype(column):
-        return column.to_numpy(dtype=np.float64, na_value=np.nan)
-    parsed = pd.to_numeric(column, errors="coerce")
-    bad = np.flatnonzero(parsed.isna().to_numpy() & column.notna().to_numpy())
-    if bad.size:
-        raise ConfigurationError(f"{at(bad[0])}: {name} {column.iloc[bad[0]]!r} is not a number ({bad.size} such rows)")
-    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def to_seconds(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
-    """Seconds since 1970 from numbers (taken as seconds) or ISO 8601 dates / date-times (UTC unless they say)."""
-    empty = np.flatnonzero(column.isna().to_numpy())
-    if empty.size:
-        raise ConfigurationError(f"{at(empty[0])}: empty {name} ({empty.size} such rows)")
-    if pd.api.types.is_datetime64_any_dtype(column):
-        dates = pd.to_datetime(column, utc=True)
-    else:
-        numbers = pd.to_numeric(column, errors="coerce")
-        if numbers.notna().all():
-            return numbers.to_numpy(dtype=np.float64).astype(np.int64)
-        dates = pd.to_datetime(column, format="ISO8601", utc=True, errors="coerce")
-        bad = np.flatnonzero(dates.isna().to_numpy())
-        if bad.size:
-            raise ConfigurationError(
-                f"{at(bad[0])}: {name} {column.iloc[bad[0]]!r} is neither a number of seconds nor an ISO date "
-                f"({bad.size} such rows)"
-            )
-    # Independent of the datetime resolution (pandas 3 infers seconds or microseconds).
-    return ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
-
-
-# --- text, categories and images -------------------------------------------------------------------------------
-
-# Tags that break a line become a space; the others (<b>, <span>, …) sit inside words and phrases and vanish.
-_BREAK_TAG = re.compile(r"<\s*/?\s*(?:br|p|div|li|ul|ol|tr|td|th|h[1-6]|hr|table|blockquote|section)\b[^<>]*>", re.I)
-_TAG = re.compile(r"<!--.*?-->|<\s*/?\s*[A-Za-z][^<>]*>", re.DOTALL)
-_SPACE = re.compile(r"\s+")
-
-
-def _missing(value: object) -> bool:
-    """Whether a cell is empty: None, NaN or pandas' NA."""
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
-
-
-def clean_text(value: object) -> str | None:
-    """Plain text from a cell: HTML entities decoded, tags removed, whitespace collapsed; None when empty.
-    A list (Amazon's descriptions) is joined with spaces."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        value = " ".join(str(part) for part in value if not _missing(part))
-    elif _missing(value):
-        return None
-    # Unescape first: some dumps escape their markup twice ("&lt;br&gt;").
-    text = _TAG.sub("", _BREAK_TAG.sub(" ", html.unescape(str(value))))
-    text = _SPACE.sub(" ", text).strip()
-    return text or None
-
-
-def join_text(items: pd.DataFrame, columns: Sequence[str]) -> list[str | None]:
-    """Each item's cleaned text; several columns are joined with their names, ``title: … | overview: …``."""
-    if not columns:
-        return [None] * len(items)
-    cleaned = {column: [clean_text(value) for value in items[column].tolist()] for column in columns}
-    if len(columns) == 1:
-        return cleaned[columns[0]]
-    rows = zip(*cleaned.values(), strict=True)
-    return [
-        " | ".join(f"{name}: {text}" for name, text in zip(columns, row, strict=True) if text) or None for row in rows
-    ]
+# --- images ---------------------------------------------------------------------------------------------------
 
 
 def _warn_each(problems: list[str], what: str) -> None:
@@ -361,7 +168,7 @@ def _image_problems(items: pd.DataFrame, decode: bool) -> tuple[np.ndarray, dict
 
 
 def _read_image(raw_id: str, path: object, dropped: dict[str, int]) -> bytes | None:
-    if _missing(path):
+    if is_missing(path):
         return None
     try:
         return Path(str(path)).read_bytes()
@@ -401,7 +208,7 @@ def _items(raw: RawSource, dropped: dict[str, int]) -> pd.DataFrame:
         "text": join_text(items, list(raw.text_columns)),
         "category": [clean_text(name) for name in categories],
         **{
-            column: [None if _missing(value) else value for value in items[column].tolist()]
+            column: [None if is_missing(value) else value for value in items[column].tolist()]
             for column in ("image", "image_path")
             if column in items
         },
@@ -530,68 +337,10 @@ def sorted_ids(ids: Sequence[str]) -> list[str]:
     return unique
 
 
-def _rank_in_user(users: np.ndarray, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each interaction's position within its user's interactions taken in ``ordered`` order (a permutation
-    that groups users together), and its user's interaction count."""
-    grouped = users[ordered]
-    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if len(grouped) else np.zeros(0, int)
-    sizes = np.diff(np.r_[starts, len(grouped)])
-    rank, size = np.empty(len(users), np.int64), np.empty(len(users), np.int64)
-    rank[ordered] = np.arange(len(grouped)) - np.repeat(starts, sizes)
-    size[ordered] = np.repeat(sizes, sizes)
-    return rank, size
-
-
-def _per_user_random(users: np.ndarray, ratios: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
-    """MMRec's per-user random split: round(n * ratio) interactions to valid and to test, the rest (at least one)
-    to train."""
-    shuffled = rng.permutation(len(users))
-    rank, size = _rank_in_user(users, shuffled[np.argsort(users[shuffled], kind="stable")])
-    n_test = np.minimum(np.floor(size * ratios[2] + 0.5).astype(np.int64), size - 1)
-    n_valid = np.minimum(np.floor(size * ratios[1] + 0.5).astype(np.int64), size - 1 - n_test)
-    return np.select([rank < n_valid, rank < n_valid + n_test], [VALID, TEST], TRAIN).astype(np.int8)
-
-
-def _leave_one_out(users: np.ndarray, times: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Each user's latest interaction to test and the one before to valid, keeping at least one in train."""
-    rank, size = _rank_in_user(users, np.lexsort((order, times, users)))
-    from_end = size - 1 - rank
-    return np.select([(from_end == 0) & (size >= 2), (from_end == 1) & (size >= 3)], [TEST, VALID], TRAIN).astype(
-        np.int8
-    )
-
-
-def _temporal(times: np.ndarray, ratios: tuple[float, float, float]) -> np.ndarray:
-    """Cut the timeline at the train and train + valid quantiles. Equal timestamps fall on the same side, so
-    everything in valid is later than everything in train, and test later still."""
-    ordered = np.sort(times)
-
-    def cut(fraction: float) -> float:
-        position = int(np.floor(len(ordered) * fraction + 0.5))
-        return float(ordered[position]) if position < len(ordered) else np.inf
-
-    first, second = cut(ratios[0]), cut(ratios[0] + ratios[1])
-    return np.select([times < first, times < second], [TRAIN, VALID], TEST).astype(np.int8)
-
-
-def _cold(
-    users: np.ndarray, items: np.ndarray, options: CommonOptions, rng: np.random.Generator
-) -> tuple[np.ndarray, int]:
-    """A fraction of the items with interactions only in valid/test (drawn in proportion to their ratios); the
-    other interactions split per user at random. Returns the split and the number of cold items chosen."""
-    seen = np.unique(items)
-    chosen = rng.choice(seen, size=int(round(options.cold_item_fraction * len(seen))), replace=False)
-    cold = np.isin(items, chosen)
-    _, valid, test = options.split_ratios
-    split = np.empty(len(items), dtype=np.int8)
-    split[cold] = rng.choice([VALID, TEST], size=int(cold.sum()), p=[valid / (valid + test), test / (valid + test)])
-    split[~cold] = _per_user_random(users[~cold], options.split_ratios, rng)
-    return split, len(chosen)
-
-
 def _split(
     interactions: pd.DataFrame, users: np.ndarray, items: np.ndarray, options: CommonOptions, raw: RawSource
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Each interaction's split code by the method ``--split`` names, and what ``metadata["split"]`` records."""
     method = options.split
     if method == "auto":
         method = "source" if "split" in interactions else "random"
@@ -605,13 +354,15 @@ def _split(
     if method == "source":
         split = interactions["split"].to_numpy(np.int8)
     elif method == "random":
-        split = _per_user_random(users, options.split_ratios, rng)
+        split = per_user_random_split(users, options.split_ratios, rng)
     elif method == "loo":
-        split = _leave_one_out(users, times, order)
+        split = leave_one_out_split(users, times, order)
     elif method == "temporal":
-        split = _temporal(times, options.split_ratios)
+        split = temporal_split(times, options.split_ratios)
     else:
-        split, info["cold_items_chosen"] = _cold(users, items, options, rng)
+        chosen = choose_cold_items(items, options.cold_item_fraction, rng)
+        split = cold_item_split(users, np.isin(items, chosen), options.split_ratios, rng)
+        info["cold_items_chosen"] = len(chosen)
         info["cold_item_fraction"] = options.cold_item_fraction
     return split, info
 

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageChops, ImageDraw
 
-from mmrec_lightning.data.schema import ITEMS_SCHEMA, SPLIT_CODES
+from mmrec_lightning.data.schema import ITEMS_SCHEMA
 from mmrec_lightning.data.sources.base import SourceData
+from mmrec_lightning.data.sources.splits import cold_item_split
 from mmrec_lightning.errors import ConfigurationError
 
 CATEGORIES = ("lamp", "vase", "chair", "bag", "shoe", "clock")
@@ -46,6 +47,7 @@ TEMPLATES = (
 MATERIAL_NOUNS = dict(zip(MATERIALS, ("wood", "metal", "leather", "cotton", "glass", "ceramic"), strict=True))
 FILLERS = ("great gift", "ships fast", "limited edition", "best seller", "easy care", "new arrival")
 SECONDS_PER_DAY = 86_400
+SPLIT_RATIOS = (0.8, 0.1, 0.1)
 
 
 @dataclass(frozen=True)
@@ -162,26 +164,25 @@ def generate(spec: SyntheticSpec) -> SourceData:
     cold = np.zeros(n_items, dtype=bool)
     cold[rng.choice(n_items, size=int(round(spec.cold_item_fraction * n_items)), replace=False)] = True
 
-    users, items, times, splits = [], [], [], []
+    users, items, times = [], [], []
     for u in range(n_users):
         n = int(min(n_items // 2, 5 + rng.poisson(max(spec.interactions_per_user - 5, 0))))
         weights = np.exp(utility[u] - utility[u].max())
         chosen = rng.choice(n_items, size=n, replace=False, p=weights / weights.sum())
         start = rng.integers(0, 365 * SECONDS_PER_DAY)
         stamps = start + np.cumsum(rng.exponential(3 * SECONDS_PER_DAY, size=n)).astype(np.int64)
-        split = _split_user(cold[chosen], rng)
         users.append(np.full(n, u))
         items.append(chosen)
         times.append(stamps)
-        splits.append(split)
+    interaction_users, interaction_items = np.concatenate(users), np.concatenate(items)
 
     interactions = pa.table(
         {
-            "user": np.concatenate(users).astype(np.int32),
-            "item": np.concatenate(items).astype(np.int32),
+            "user": interaction_users.astype(np.int32),
+            "item": interaction_items.astype(np.int32),
             "timestamp": np.concatenate(times),
-            "rating": pa.nulls(sum(map(len, users)), pa.float32()),
-            "split": np.concatenate(splits).astype(np.int8),
+            "rating": pa.nulls(len(interaction_users), pa.float32()),
+            "split": cold_item_split(interaction_users, cold[interaction_items], SPLIT_RATIOS, rng),
         }
     )
     has_image = rng.random(n_items) >= spec.missing_image_fraction
@@ -231,17 +232,3 @@ def generate(spec: SyntheticSpec) -> SourceData:
     }
     user_table = pa.table({"user": np.arange(n_users, dtype=np.int32), "raw_id": [f"user{u}" for u in range(n_users)]})
     return SourceData(interactions=interactions, items=item_batches(), users=user_table, metadata=metadata)
-
-
-def _split_user(is_cold: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """MMRec-style per-user random 8:1:1 over warm items (at least one in training); cold items' interactions
-    go to validation or test at random."""
-    split = np.empty(len(is_cold), dtype=np.int8)
-    split[is_cold] = rng.choice([SPLIT_CODES["valid"], SPLIT_CODES["test"]], size=int(is_cold.sum()))
-    warm = rng.permutation(np.flatnonzero(~is_cold))
-    n_eval = int(round(0.1 * len(warm)))
-    split[warm] = SPLIT_CODES["train"]
-    if len(warm) - 2 * n_eval >= 1:
-        split[warm[:n_eval]] = SPLIT_CODES["valid"]
-        split[warm[n_eval : 2 * n_eval]] = SPLIT_CODES["test"]
-    return split

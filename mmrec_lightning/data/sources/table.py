@@ -17,10 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from mmrec_lightning.data.sources.base import SourceData
-from mmrec_lightning.data.sources.pipeline import (
-    CommonOptions,
-    RawSource,
-    build,
+from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
+from mmrec_lightning.data.sources.readers import (
     read_table,
     require_file,
     require_folder,
