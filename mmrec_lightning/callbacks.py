@@ -181,3 +181,49 @@ class TopKWriter(BasePredictionWriter):
             path = self.paths[0].with_suffix(".csv")
             pa_csv.write_csv(pq.read_table(self.paths[0]), str(path))
             self.paths.append(path)
+
+
+class ImageFaultError(RuntimeError):
+    """Too many of the images used in training could not be read."""
+
+
+class ImageFaultMonitor(L.Callback):
+    """Counts the training items whose stored image could not be used (the files changed or broke after
+    ``prepare``; such items train without their image), logs ``train/unusable_images`` per epoch, and stops
+    the run when more than ``max_fraction`` of the stored images seen in an epoch are unusable, listing
+    examples.
+
+    Args:
+        max_fraction: largest tolerated fraction of unusable images in an epoch.
+        min_images: images to see before the fraction is judged.
+    """
+
+    def __init__(self, max_fraction: float = 0.05, min_images: int = 100) -> None:
+        self.max_fraction = max_fraction
+        self.min_images = min_images
+        self.failed = self.stored = 0
+        self.examples: list[int] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.failed = self.stored = 0
+        self.examples = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        items = batch["items"]
+        if "image_failed" not in items:
+            return
+        failed = items["image_failed"]
+        self.failed += int(failed.sum())
+        self.stored += int((items["image_mask"] | failed).sum())
+        self.examples.extend(items["item_ids"][failed].tolist()[: 5 - len(self.examples)])
+        if self.stored >= self.min_images and self.failed > self.max_fraction * self.stored:
+            raw_ids = trainer.datamodule.dataset.items.column("raw_id")
+            named = ", ".join(f"{i} ({raw_ids[i].as_py()})" for i in self.examples)
+            raise ImageFaultError(
+                f"{self.failed} of {self.stored} images used this epoch could not be read (> "
+                f"{self.max_fraction:.0%}), e.g. items {named}; fix the image files and prepare the dataset again, "
+                "or raise image_faults.max_fraction"
+            )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("train/unusable_images", float(self.failed), rank_zero_only=True)

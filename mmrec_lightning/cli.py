@@ -8,6 +8,7 @@ import json
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from mmrec_lightning.callbacks import (
+    ImageFaultMonitor,
     LoggedSaveConfigCallback,
     NonFiniteGuard,
     TestMetricsWriter,
@@ -41,6 +42,7 @@ class RecommenderCLI(LightningCLI):
         parser.add_lightning_class_args(TestMetricsWriter, "test_metrics")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
         parser.add_lightning_class_args(TopKWriter, "predictions")
+        parser.add_lightning_class_args(ImageFaultMonitor, "image_faults")
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -90,3 +90,93 @@ def test_a_run_killed_mid_epoch_three_times_ends_like_one_that_never_stopped(syn
     resumed = _resumable_fit(synthetic_dir, run, ckpt_path=last)
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def _with_broken_images(synthetic_dir, tmp_path, broken):
+    """A copy of the dataset whose stored images for ``broken`` items were truncated after prepare."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    copy = shutil.copytree(synthetic_dir, tmp_path / "broken")
+    items = ipc.open_file(pa.BufferReader((copy / "items.arrow").read_bytes())).read_all()  # not memory-mapped
+    images = items.column("image").to_pylist()
+    for item in broken:
+        images[item] = images[item][:40] if images[item] else None
+    table = items.set_column(items.schema.get_field_index("image"), "image", pa.array(images, pa.binary()))
+    with pa.OSFile(str(copy / "items.arrow"), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return copy
+
+
+def _image_model():
+    from mmrec_lightning.encoders.image import TimmImageEncoder
+    from mmrec_lightning.models import MultimodalRecommender
+
+    return MultimodalRecommender(
+        num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, num_categories=6, embed_dim=8, top_k=[5],
+        image_encoder=TimmImageEncoder("test_efficientnet", image_size=32),
+    )  # fmt: skip
+
+
+def test_images_broken_after_prepare_are_counted_and_past_a_fraction_stop_the_run(synthetic_dir, tmp_path):
+    from mmrec_lightning.callbacks import ImageFaultError, ImageFaultMonitor
+
+    def fit(path, monitor):
+        trainer = L.Trainer(
+            max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            callbacks=[monitor], enable_checkpointing=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(_image_model(), datamodule=RecDataModule(path=str(path), batch_size=64, history_length=2))
+
+    few = ImageFaultMonitor(max_fraction=0.5, min_images=1)
+    fit(_with_broken_images(synthetic_dir, tmp_path / "few", [3]), few)  # one item: trains without its image
+    assert few.failed >= 1 and 3 in few.examples and few.failed < few.stored
+    many = _with_broken_images(synthetic_dir, tmp_path / "many", range(0, TINY_SPEC.items, 2))
+    with pytest.raises(ImageFaultError, match=r"could not be read .*e\.g\. items \d+ \(item\d+\)"):
+        fit(many, ImageFaultMonitor(max_fraction=0.2, min_images=10))
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "P", "I;16", "1"])
+def test_images_in_odd_modes_become_8_bit_rgb(mode):
+    import numpy as np
+    from PIL import Image
+
+    from mmrec_lightning.data.items import to_rgb
+
+    image = Image.new("RGB", (5, 4), (200, 30, 30)).convert(mode) if mode != "I;16" else Image.new("I;16", (5, 4))
+    if mode == "I;16":
+        image.putpixel((0, 0), 65535)
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and rgb.size == (5, 4)
+    if mode == "I;16":
+        assert np.asarray(rgb)[0, 0].tolist() == [255, 255, 255] and np.asarray(rgb)[1, 1].tolist() == [0, 0, 0]
+    if mode == "RGBA":
+        transparent = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+        assert np.asarray(to_rgb(transparent))[0, 0].tolist() == [255, 255, 255]  # on white, not black
+
+
+def test_a_decompression_bomb_and_a_one_pixel_image_are_handled(synthetic_dir, monkeypatch):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mmrec_lightning.data.items import ItemContent, ItemPreprocessing
+
+    content = ItemContent(str(synthetic_dir), ItemPreprocessing(), np.ones(TINY_SPEC.items))
+    tiny = io.BytesIO()
+    Image.new("RGB", (1, 1), "red").save(tiny, format="PNG")
+    assert content._decode(0, tiny.getvalue()).size == (1, 1)
+    big = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(big, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64 x 64 is now a "bomb"
+    assert content._decode(0, big.getvalue()) is None
+
+
+def test_text_with_control_characters_or_nothing_left_is_cleaned():
+    from mmrec_lightning.data.items import clean_text
+
+    assert clean_text("red\x00 lamp\x1b\n\tmodern\ufffe") == "red lamp modern"
+    assert clean_text("\x00\x01  ") == "" and clean_text(None) == ""

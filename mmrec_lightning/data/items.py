@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,32 @@ class ItemPreprocessing:
     max_text_length: int = 64
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: transparency is composited on white (not on black, which would change the
+    item's look), 16-bit and float images are rescaled from their own range instead of clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def clean_text(text: str | None) -> str:
+    """Text without control characters and with normalised whitespace ("" when nothing is left); the
+    tokenizer truncates long texts to ``max_text_length`` tokens."""
+    if not text:
+        return ""
+    return " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
+
+
 class ItemContent:
     """Loads and preprocesses the content of items by index from a prepared dataset.
 
@@ -48,7 +75,6 @@ class ItemContent:
         self.preprocessing = preprocessing
         self.train_counts = train_counts
         self._dataset: PreparedDataset | None = None
-        self.unreadable_images = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_dataset": None}
@@ -60,20 +86,21 @@ class ItemContent:
         return self._dataset
 
     def _decode(self, item: int, data: bytes) -> Image.Image | None:
+        """The item's image as 8-bit RGB, or None if it cannot be used (the item then goes without image)."""
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not just warn
                 image = Image.open(io.BytesIO(data))
                 image.load()
-            return image.convert("RGB")
-        except Exception as error:  # any decoder failure: the item is used without its image
-            self.unreadable_images += 1
-            log.warning("item %d in %s/items.arrow: image unreadable (%s); using no image", item, self.path, error)
+            return to_rgb(image)
+        except Exception as error:  # any decoder failure (truncated, corrupt, bomb): use no image
+            log.warning("item %d in %s/items.arrow: image unusable (%s); using no image", item, self.path, error)
             return None
 
     def load(self, items: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
         """Content of ``items`` as a batch: images (zeros where missing), token ids, availability masks,
-        categories (-1 unknown) and whether each item has a trained ID embedding."""
+        categories (-1 unknown), whether each item has a trained ID embedding, and ``image_failed``: the
+        items whose stored image could not be used (see ``callbacks.ImageFaultMonitor``)."""
         table = self.dataset.items
         batch: dict[str, torch.Tensor] = {
             "item_ids": torch.as_tensor(items, dtype=torch.long),
@@ -84,21 +111,23 @@ class ItemContent:
         transform = prep.image_train if train else prep.image_eval
         if transform is not None:
             column = table.column("image")
-            images, mask = [], []
+            images, mask, failed = [], [], []
             for item in items.tolist():
                 data = column[item].as_py()
                 image = self._decode(item, data) if data else None
                 images.append(transform(image) if image is not None else None)
                 mask.append(image is not None)
+                failed.append(bool(data) and image is None)
             shape = next((x.shape for x in images if x is not None), None)
             if shape is None:
                 shape = transform(Image.new("RGB", (8, 8))).shape
             batch["image"] = torch.stack([x if x is not None else torch.zeros(shape) for x in images])
             batch["image_mask"] = torch.tensor(mask)
+            batch["image_failed"] = torch.tensor(failed)
         if prep.tokenizer is not None:
             column = table.column("text")
-            texts = [column[item].as_py() for item in items.tolist()]
-            batch["text_mask"] = torch.tensor([bool(t and t.strip()) for t in texts])
+            texts = [clean_text(column[item].as_py()) for item in items.tolist()]
+            batch["text_mask"] = torch.tensor([bool(t) for t in texts])
             tokens = prep.tokenizer(
                 [t or "" for t in texts],
                 padding=True,
