@@ -185,3 +185,25 @@ def test_wandb_offline_run_receives_the_config(tmp_path, synthetic_dir, tokenize
     (run_file,) = (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")  # synced later by `wandb sync`
     recorded = run_file.read_bytes()
     assert b"test_efficientnet" in recorded and b"alpha_image" in recorded
+
+
+@pytest.mark.parametrize("model", ["MatrixFactorization", "LightGCN"])
+def test_id_baselines_train_and_test_through_the_cli(model, tmp_path, synthetic_dir):
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}},
+        },
+        "model": {"class_path": f"mmrec_lightning.models.{model}", "init_args": {"embed_dim": 8, "top_k": [5, 20]}},
+        "data": {"path": str(synthetic_dir), "batch_size": 128, "history_length": 0},
+    }  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = RecommenderCLI(args=["fit", "--config", str(path), "--test_after_fit=true"])
+    results = json.loads((Path(cli.trainer.log_dir) / "test_metrics.json").read_text())
+    assert results[model]["users"] == results["Popularity"]["users"] > 0
+    assert 0.0 <= results[model]["recall@20"] <= 1.0
+    checkpoint = cli.trainer.checkpoint_callback.last_model_path or cli.trainer.checkpoint_callback.best_model_path
+    reloaded = type(cli.model).load_from_checkpoint(checkpoint, weights_only=True)
+    assert reloaded.hparams["embed_dim"] == 8

@@ -91,45 +91,12 @@ class LightGCN(MatrixFactorization):
     the training interactions, averaged over layers 0..L.
 
     Args:
-        num_users: number of users (linked from the data).
-        num_items: number of items (linked from the data).
-        num_categories: unused; accepted so every model takes the same data links.
-        embed_dim: embedding size.
         num_layers: propagation layers L.
-        reg_weight: weight of the L2 penalty on the layer-0 embeddings used in each batch.
-        loss: the recommendation loss (BPR by default).
-        optimizer: optimizer over the embeddings.
-        scheduler: optional learning-rate scheduler.
-        top_k: the cut-offs K of the evaluation metrics.
-        eval_chunk_size: items scored at once in evaluation.
+        **kwargs: as for :class:`MatrixFactorization` (``reg_weight`` applies to the layer-0 embeddings).
     """
 
-    def __init__(
-        self,
-        num_users: int,
-        num_items: int,
-        num_categories: int = 0,
-        embed_dim: int = 64,
-        num_layers: int = 3,
-        reg_weight: float = 1e-4,
-        loss: RecommendationLoss | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-        top_k: list[int] = [10, 20, 50],  # noqa: B006
-        eval_chunk_size: int = 1 << 16,
-    ) -> None:
-        super().__init__(
-            num_users,
-            num_items,
-            num_categories,
-            embed_dim,
-            reg_weight,
-            loss,
-            optimizer,
-            scheduler,
-            top_k,
-            eval_chunk_size,
-        )
+    def __init__(self, num_layers: int = 3, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.num_layers = num_layers
         self.graph: torch.Tensor | None = None
 
