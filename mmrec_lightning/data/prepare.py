@@ -41,6 +41,8 @@ def summary(dataset: PreparedDataset) -> str:
         f"without training interactions (cold) {counts['items_without_training_interactions']:,}",
         f"  split: {json.dumps(dataset.metadata.get('split', {}))}",
     ]
+    dropped = {reason: count for reason, count in dataset.metadata.get("dropped", {}).items() if count}
+    lines.append("  dropped: " + (", ".join(f"{reason} {count:,}" for reason, count in dropped.items()) or "nothing"))
     return "\n".join(lines)
 
 
