@@ -46,7 +46,8 @@ def _pairs(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 class TrainInteractions(Dataset):
     """One example per training interaction: the user, the positive item, sampled negatives that are not
-    among the user's training items, and the user's preceding history in time.
+    among the user's training items, the user's preceding history in time, and the interaction's rating
+    where the split has ratings.
 
     Indexed by ``(index, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`) and fetched a
     batch at a time (``__getitems__``, vectorised): negatives are drawn from a generator seeded by
@@ -97,7 +98,7 @@ class TrainInteractions(Dataset):
         history = np.where(history_mask, train.items[np.maximum(positions, 0)], 0)
         has_previous = index > starts
         gap = np.where(has_previous, train.times[index] - train.times[np.maximum(index - 1, 0)], 0)
-        return {
+        batch = {
             "key": (int(index[0]), epoch),
             "users": users,
             "items": train.items[index].astype(np.int64),
@@ -106,6 +107,9 @@ class TrainInteractions(Dataset):
             "history_mask": history_mask,
             "stats": behaviour_stats(index - starts, gap.astype(np.float64)),
         }
+        if train.ratings is not None:
+            batch["ratings"] = train.ratings[index].astype(np.float32)
+        return batch
 
 
 class TrainCollator:
@@ -130,7 +134,7 @@ class TrainCollator:
         index, epoch = batch["key"]
         with seeded_augmentation(self.seed, epoch, index):
             items = self.content.load(unique, train=True)
-        return {
+        collated = {
             "users": torch.from_numpy(batch["users"]),
             "positives": torch.from_numpy(inverse[:n]),
             "negatives": torch.from_numpy(inverse[n : n + k].reshape(negatives.shape)),
@@ -139,6 +143,9 @@ class TrainCollator:
             "stats": torch.from_numpy(batch["stats"]),
             "items": items,
         }
+        if "ratings" in batch:
+            collated["ratings"] = torch.from_numpy(batch["ratings"])  # NaN where an interaction has no rating
+        return collated
 
 
 class EvalUsers(Dataset):

@@ -222,11 +222,13 @@ def write_prepared(
 @dataclass(frozen=True)
 class SplitIndex:
     """One split's interactions grouped by user (CSR): ``items[indptr[u]:indptr[u + 1]]`` are user u's
-    items in time order, ``times`` their timestamps."""
+    items in time order, ``times`` their timestamps, ``ratings`` their ratings (NaN where missing), or
+    None when the split has no rating at all."""
 
     indptr: np.ndarray
     items: np.ndarray
     times: np.ndarray
+    ratings: np.ndarray | None = None
 
     def row(self, user: int) -> np.ndarray:
         return self.items[self.indptr[user] : self.indptr[user + 1]]
@@ -299,12 +301,16 @@ class PreparedDataset:
         users = _column(self.interactions, "user")
         items = _column(self.interactions, "item")
         times = _column(self.interactions, "timestamp")
+        rated = self.interactions.column("rating")
+        # a column of nulls (implicit feedback) is not materialised as an array of NaN
+        ratings = _column(self.interactions, "rating") if rated.null_count < len(rated) else None
         bounds = np.searchsorted(split, np.arange(len(SPLITS) + 1), side="left")
         index = {}
         for code, name in enumerate(SPLITS):
             lo, hi = bounds[code], bounds[code + 1]
             indptr = np.searchsorted(users[lo:hi], np.arange(self.num_users + 1), side="left")
-            index[name] = SplitIndex(indptr.astype(np.int64), items[lo:hi], times[lo:hi])
+            split_ratings = ratings[lo:hi] if ratings is not None and not np.isnan(ratings[lo:hi]).all() else None
+            index[name] = SplitIndex(indptr.astype(np.int64), items[lo:hi], times[lo:hi], split_ratings)
         return index
 
     def item_categories(self) -> np.ndarray:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
+from mmrec_lightning.errors import ConfigurationError
+
 
 class FreezableEncoder(nn.Module):
-    """An encoder whose weights can be frozen: no gradients, and kept in eval mode (batch-norm statistics
-    and dropout stay as pretrained) whatever mode the parent module is put in."""
+    """An encoder whose weights can be frozen, wholly or all but its last blocks. Frozen parts get no
+    gradients and are kept in eval mode (batch-norm statistics and dropout stay as pretrained) whatever
+    mode the parent module is put in."""
 
     frozen: bool = False
+    """Whether every weight is frozen, so that the encoder's output for an item never changes."""
 
     def freeze(self) -> None:
         self.frozen = True
@@ -22,8 +26,29 @@ class FreezableEncoder(nn.Module):
             parameter.requires_grad_(False)
         self.eval()
 
+    def train_last_blocks(
+        self, blocks: Sequence[Sequence[nn.Parameter]], count: int, tail: Iterable[nn.Parameter] = ()
+    ) -> None:
+        """Train only the last ``count`` of ``blocks`` and the ``tail`` after them (a final norm, a pooling
+        head); freeze everything else."""
+        if not 0 < count <= len(blocks):
+            raise ConfigurationError(
+                f"{type(self).__name__}: train_blocks={count}, but the model has {len(blocks)} blocks "
+                f"(0 freezes it, null trains all of it)"
+            )
+        trainable = {id(p) for block in blocks[len(blocks) - count :] for p in block} | {id(p) for p in tail}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in trainable)
+        self.train(self.training)
+
     def train(self, mode: bool = True) -> FreezableEncoder:
-        return super().train(mode and not self.frozen)
+        super().train(mode and not self.frozen)
+        if mode and not self.frozen:
+            for module in self.modules():
+                parameters = list(module.parameters())
+                if parameters and not any(p.requires_grad for p in parameters):
+                    module.eval()
+        return self
 
 
 class ImageEncoder(FreezableEncoder):

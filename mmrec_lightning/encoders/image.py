@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from collections.abc import Callable
 
 import timm
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
+from timm.models import group_parameters
 
 from mmrec_lightning.encoders.base import ImageEncoder
 from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
@@ -55,6 +57,37 @@ def load_timm_checkpoint(model: torch.nn.Module, path: str) -> None:
     )
 
 
+def timm_blocks(model: torch.nn.Module) -> tuple[list[list[torch.nn.Parameter]], list[torch.nn.Parameter]]:
+    """The parameters of each block of a timm model, in order, and of what follows the last block.
+
+    Blocks are timm's coarse layer groups (``model.group_matcher(coarse=True)``): the blocks of a ViT,
+    ResNet's layer1–4, the stages of EfficientNet or ConvNeXt. A final norm that timm groups with the last
+    block (ViT's ``norm``, EfficientNet's ``conv_head``/``bn2``) stays in it; the stem is in no block;
+    parameters that match no group (ConvNeXt's ``head.norm``, an attention-pooling head) follow the blocks.
+    """
+    matcher = model.group_matcher(coarse=True)
+    if not isinstance(matcher, dict):
+        raise ConfigurationError(f"train_blocks: {type(model).__name__} does not name its layer groups to timm")
+
+    def patterns(spec: str | list | None) -> list[re.Pattern]:
+        return [re.compile(spec)] if isinstance(spec, str) else [re.compile(s[0]) for s in spec or ()]
+
+    stem = patterns(matcher.get("stem"))
+    grouped = [pattern for spec in matcher.values() for pattern in patterns(spec)]
+    parameters = dict(model.named_parameters())
+    blocks, tail = [], []
+    for names in group_parameters(model, matcher).values():
+        block = []
+        for name in names:
+            if not any(p.match(name) for p in grouped):
+                tail.append(parameters[name])
+            elif not any(p.match(name) for p in stem):
+                block.append(parameters[name])
+        if block:
+            blocks.append(block)
+    return blocks, tail
+
+
 class TimmImageEncoder(ImageEncoder):
     """A timm backbone (classifier removed) with the preprocessing timm resolves for it.
 
@@ -63,7 +96,10 @@ class TimmImageEncoder(ImageEncoder):
         pretrained: ``False`` for random initialisation, ``True`` for timm's pretrained weights from the
             hub, or the path of a local checkpoint file (``package:<module>/<file>`` for one shipped in an
             installed package).
-        freeze: keep the backbone's weights fixed.
+        freeze: keep the backbone's weights fixed (the same as ``train_blocks: 0``).
+        train_blocks: how much of the backbone trains: none for all of it, 0 for none, N for only its
+            last N blocks (timm's coarse layer groups: ViT blocks, ResNet layers, CNN stages) and what
+            follows them (the final norm). Frozen parts stay in eval mode.
         image_size: input side in pixels; default the model's own.
         crop_pct: fraction of the image kept by the evaluation centre crop (1.0 keeps the whole image).
         train_crop_scale: area range of the training-time random resized crop.
@@ -76,6 +112,7 @@ class TimmImageEncoder(ImageEncoder):
         model_name: str = "resnet18",
         pretrained: bool | str = False,
         freeze: bool = False,
+        train_blocks: int | None = None,
         image_size: int | None = None,
         crop_pct: float = 1.0,
         train_crop_scale: tuple[float, float] = (0.6, 1.0),
@@ -109,8 +146,13 @@ class TimmImageEncoder(ImageEncoder):
         self.data_config["crop_pct"] = crop_pct
         self.train_crop_scale = tuple(train_crop_scale)
         self.hflip = hflip
-        if freeze:
+        if freeze and train_blocks:
+            raise ConfigurationError(f"image encoder: freeze=True contradicts train_blocks={train_blocks}")
+        if freeze or train_blocks == 0:
             self.freeze()
+        elif train_blocks is not None:
+            blocks, tail = timm_blocks(self.model)
+            self.train_last_blocks(blocks, train_blocks, tail)
 
     def transform(self, train: bool) -> Callable[[Image.Image], torch.Tensor]:
         if not train:

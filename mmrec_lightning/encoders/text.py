@@ -6,11 +6,32 @@ from functools import cached_property
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mmrec_lightning.encoders.base import TextEncoder
 from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
 from mmrec_lightning.errors import ConfigurationError
+
+LAYER_STACKS = ("encoder.layer", "transformer.layer", "layers")
+"""Where encoder-only transformers keep their layers: BERT, RoBERTa, MiniLM, ELECTRA…; DistilBERT; ModernBERT."""
+
+
+def hf_blocks(model: nn.Module) -> tuple[list[list[nn.Parameter]], list[nn.Parameter]]:
+    """The parameters of each transformer layer, in order, and of what is registered after the last one
+    (a final norm, in models that have one); the embeddings come before the layers."""
+    for path in LAYER_STACKS:
+        try:
+            layers = model.get_submodule(path)
+        except AttributeError:
+            continue
+        named = list(model.named_parameters())
+        last = max(i for i, (name, _) in enumerate(named) if name.startswith(f"{path}."))
+        return [list(layer.parameters()) for layer in layers], [p for _, p in named[last + 1 :]]
+    raise ConfigurationError(
+        f"train_blocks: {type(model).__name__} keeps its layers in none of {', '.join(LAYER_STACKS)}; "
+        "use freeze, or train the whole model"
+    )
 
 
 class HFTextEncoder(TextEncoder):
@@ -22,7 +43,10 @@ class HFTextEncoder(TextEncoder):
         config: instead of pretrained weights, a randomly initialised model from this config, e.g.
             ``{"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, ...}``.
         tokenizer: tokenizer name or folder; defaults to ``model_name_or_path``.
-        freeze: keep the transformer's weights fixed.
+        freeze: keep the transformer's weights fixed (the same as ``train_blocks: 0``).
+        train_blocks: how much of the transformer trains: none for all of it, 0 for none, N for only its
+            last N layers (and a final norm after them, where the model has one). Frozen parts stay in
+            eval mode.
         max_length: tokens kept per text.
         trust_remote_code: allow code shipped with a hub model to run; off unless you trust its source.
         grad_checkpointing: trade compute for memory in the transformer.
@@ -34,6 +58,7 @@ class HFTextEncoder(TextEncoder):
         config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         freeze: bool = False,
+        train_blocks: int | None = None,
         max_length: int = 64,
         trust_remote_code: bool = False,
         grad_checkpointing: bool = False,
@@ -68,8 +93,13 @@ class HFTextEncoder(TextEncoder):
         if grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.output_dim = int(self.model.config.hidden_size)
-        if freeze:
+        if freeze and train_blocks:
+            raise ConfigurationError(f"text encoder: freeze=True contradicts train_blocks={train_blocks}")
+        if freeze or train_blocks == 0:
             self.freeze()
+        elif train_blocks is not None:
+            blocks, tail = hf_blocks(self.model)
+            self.train_last_blocks(blocks, train_blocks, tail)
 
     @cached_property
     def _tokenizer(self) -> Any:

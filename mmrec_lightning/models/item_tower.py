@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -10,6 +11,19 @@ from torch import nn
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import FusionFactory
+
+
+class ItemEncoding(NamedTuple):
+    """What the item tower computes for a batch of items."""
+
+    vectors: torch.Tensor
+    """The fused item vectors ``[B, D]``."""
+    weights: torch.Tensor
+    """The fusion's modality weights ``[B, M]``."""
+    modality_vectors: torch.Tensor
+    """The per-modality vectors h ``[B, M, D]`` that were fused, in the order of ``ItemTower.modalities``."""
+    available: torch.Tensor
+    """Which modalities each item has ``[B, M]``, before any modality dropout."""
 
 
 class ItemTower(nn.Module):
@@ -103,10 +117,12 @@ class ItemTower(nn.Module):
             masks.append(items["id_mask"])
         return torch.stack(vectors, 1), torch.stack(masks, 1)
 
-    def forward(self, items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused item vectors ``[B, D]`` and modality weights ``[B, M]``."""
-        h, mask = self.modality_vectors(items)
+    def forward(self, items: dict[str, torch.Tensor]) -> ItemEncoding:
+        """Encodes and fuses each item once; the modality vectors come along for the auxiliary heads."""
+        h, available = self.modality_vectors(items)
+        mask = available
         if self.training and self.modality_dropout > 0:
-            dropped = mask & (torch.rand(mask.shape, device=mask.device) >= self.modality_dropout)
-            mask = torch.where(dropped.any(1, keepdim=True), dropped, mask)
-        return self.fusion(h, mask)
+            dropped = available & (torch.rand(available.shape, device=available.device) >= self.modality_dropout)
+            mask = torch.where(dropped.any(1, keepdim=True), dropped, available)
+        vectors, weights = self.fusion(h, mask)
+        return ItemEncoding(vectors, weights, h, available)

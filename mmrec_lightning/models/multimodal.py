@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from mmrec_lightning.data.items import ItemPreprocessing
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.encoders.user import UserTower
+from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
-from mmrec_lightning.heads import CategoryHead, CategoryHeadFactory
-from mmrec_lightning.losses import BPRLoss, RecommendationLoss
+from mmrec_lightning.heads import CategoryHead, CategoryHeadFactory, ImageTextContrastiveHead, RatingHeadFactory
+from mmrec_lightning.losses import BPRLoss, RecommendationLoss, TaskWeighting
 from mmrec_lightning.models.base import RecommenderModule
-from mmrec_lightning.models.item_tower import ItemTower
+from mmrec_lightning.models.item_tower import ItemEncoding, ItemTower
 
 
 class MultimodalRecommender(RecommenderModule):
-    """Two towers scored by dot product, trained with L = L_rec + λ·L_category.
+    """Two towers scored by dot product, trained with L = L_rec + Σ_k λ_k·L_k over the enabled auxiliary
+    tasks k (category prediction, image-text contrast, rating prediction); a task is enabled when its head
+    is configured and its weight λ_k is positive.
 
     Args:
         num_users: number of users (linked from the data).
@@ -30,11 +35,21 @@ class MultimodalRecommender(RecommenderModule):
         loss: the recommendation loss L_rec.
         category_head: the auxiliary head predicting an item's category from its vector
             (``class_path`` of a ``CategoryHead``; the model supplies the sizes), or none.
-        aux_weight: λ, the weight of the category-prediction loss.
+        aux_weight: λ of the category-prediction loss.
+        contrastive_head: InfoNCE between each item's image and text vectors (``class_path`` of an
+            ``ImageTextContrastiveHead``; needs both encoders), or none.
+        contrastive_weight: λ of the contrastive loss.
+        rating_head: predicts rating >= threshold from the user and item vectors (``class_path`` of a
+            ``RatingHead``; the model supplies the size; needs a dataset with ratings), or none.
+        rating_weight: λ of the rating-prediction loss.
+        loss_weighting: ``fixed`` keeps the λ; ``uncertainty`` learns them (Kendall et al. 2018), starting
+            from the λ.
         modality_dropout: training-time probability of hiding each available modality of an item.
         cache_frozen_features: keep each frozen encoder's output per item in memory after first use.
         dropout: dropout on the user vector.
         optimizer: optimizer over the trainable parameters.
+        encoder_lr: learning rate of the image and text encoders' trainable parameters (typically lower than
+            the optimizer's, for pretrained encoders); default the optimizer's.
         scheduler: optional learning-rate scheduler (stepped every epoch).
         top_k: the cut-offs K of the evaluation metrics.
         eval_chunk_size: items scored at once in evaluation.
@@ -53,10 +68,16 @@ class MultimodalRecommender(RecommenderModule):
         loss: RecommendationLoss | None = None,
         category_head: CategoryHeadFactory | None = CategoryHead,
         aux_weight: float = 0.1,
+        contrastive_head: ImageTextContrastiveHead | None = None,
+        contrastive_weight: float = 0.1,
+        rating_head: RatingHeadFactory | None = None,
+        rating_weight: float = 0.1,
+        loss_weighting: Literal["fixed", "uncertainty"] = "fixed",
         modality_dropout: float = 0.1,
         cache_frozen_features: bool = True,
         dropout: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
+        encoder_lr: float | None = None,
         scheduler: LRSchedulerCallable | None = None,
         top_k: list[int] = [10, 20, 50],  # noqa: B006 (a list renders in --help and YAML; never mutated)
         eval_chunk_size: int = 1 << 16,
@@ -74,10 +95,25 @@ class MultimodalRecommender(RecommenderModule):
         )
         self.user_tower = UserTower(num_users, embed_dim, dropout=dropout)
         self.loss = loss if loss is not None else BPRLoss()
-        use_head = category_head is not None and num_categories > 0 and aux_weight > 0
-        self.category_head = category_head(embed_dim, num_categories) if use_head else None
-        self.aux_weight = aux_weight
+        use_category = category_head is not None and num_categories > 0 and aux_weight > 0
+        self.category_head = category_head(embed_dim, num_categories) if use_category else None
+        use_contrastive = contrastive_head is not None and contrastive_weight > 0
+        if use_contrastive and not {"image", "text"} <= set(self.modalities):
+            raise ConfigurationError("model.contrastive_head needs both an image_encoder and a text_encoder")
+        self.contrastive_head = contrastive_head if use_contrastive else None
+        self.rating_head = rating_head(embed_dim) if rating_head is not None and rating_weight > 0 else None
+        weights = {
+            name: weight
+            for name, head, weight in (
+                ("category", self.category_head, aux_weight),
+                ("contrastive", self.contrastive_head, contrastive_weight),
+                ("rating", self.rating_head, rating_weight),
+            )
+            if head is not None
+        }
+        self.task_weighting = TaskWeighting(weights, learned=loss_weighting == "uncertainty") if weights else None
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.encoder_lr = encoder_lr
         self._weight_sum: torch.Tensor | None = None
         self._weight_count = 0
 
@@ -96,28 +132,66 @@ class MultimodalRecommender(RecommenderModule):
 
     # --- training ------------------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        counts = getattr(datamodule, "item_train_counts", None)
+        if counts is not None:
+            self.loss.set_item_counts(torch.as_tensor(counts, device=self.device))
+        train = getattr(datamodule, "train_split", None)
+        if stage == "fit" and self.rating_head is not None and (train is None or train.ratings is None):
+            raise ConfigurationError("model.rating_head: the training interactions of this dataset have no ratings")
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         items = batch["items"]
-        vectors, weights = self.item_tower(items)
+        encoded = self.item_tower(items)
+        vectors, ids = encoded.vectors, items["item_ids"]
         user = self.user_tower(batch["users"], vectors[batch["history"]], batch["history_mask"], batch["stats"])
-        rec_loss = self.loss(
-            user, vectors[batch["positives"]], vectors[batch["negatives"]], items["item_ids"][batch["positives"]]
-        )
+        positives, negatives = batch["positives"], batch["negatives"]
+        rec_loss = self.loss(user, vectors[positives], vectors[negatives], ids[positives], ids[negatives])
         size = len(batch["users"])
         self.log("train/rec_loss", rec_loss, prog_bar=True, batch_size=size)
         loss = rec_loss
-        if self.category_head is not None:
-            aux_loss = self.category_head.loss(vectors, items["category"])
-            self.log("train/aux_loss", aux_loss, batch_size=size)
-            loss = rec_loss + self.aux_weight * aux_loss
+        if self.task_weighting is not None:
+            task_losses = self._task_losses(batch, encoded, user)
+            for name, value in task_losses.items():
+                self.log(f"train/{name}_loss", value, batch_size=size)
+            if self.task_weighting.learned:
+                for name, weight in zip(self.task_weighting.names, self.task_weighting.weights(), strict=True):
+                    self.log(f"train/{name}_weight", weight, batch_size=size)
+            loss = rec_loss + self.task_weighting(task_losses)
         self.log("train/loss", loss, batch_size=size)
-        mean_weights = weights.float().mean(0)
+        mean_weights = encoded.weights.float().mean(0)
         for name, value in zip(self.modalities, mean_weights, strict=True):
-            self.log(f"train/alpha_{name}", value, batch_size=len(weights))
+            self.log(f"train/alpha_{name}", value, batch_size=len(encoded.weights))
         return loss
 
+    def _task_losses(self, batch: dict, encoded: ItemEncoding, user: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss of each enabled auxiliary task on this batch."""
+        losses = {}
+        if self.category_head is not None:
+            losses["category"] = self.category_head.loss(encoded.vectors, batch["items"]["category"])
+        if self.contrastive_head is not None:
+            image, text = self.modalities.index("image"), self.modalities.index("text")
+            both = encoded.available[:, image] & encoded.available[:, text]
+            h = encoded.modality_vectors[both]
+            losses["contrastive"] = self.contrastive_head.loss(h[:, image], h[:, text])
+        if self.rating_head is not None:
+            losses["rating"] = self.rating_head.loss(user, encoded.vectors[batch["positives"]], batch["ratings"])
+        return losses
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if self.encoder_lr is None:
+            groups = [{"params": trainable}]
+        else:
+            encoders = [self.item_tower.image_encoder, self.item_tower.text_encoder]
+            in_encoders = {id(p) for encoder in encoders if encoder is not None for p in encoder.parameters()}
+            groups = [
+                {"params": [p for p in trainable if id(p) not in in_encoders]},
+                {"params": [p for p in trainable if id(p) in in_encoders], "lr": self.encoder_lr},
+            ]
+        optimizer = self.optimizer_factory([group for group in groups if group["params"]])
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
@@ -125,7 +199,7 @@ class MultimodalRecommender(RecommenderModule):
     # --- evaluation ----------------------------------------------------------------------------------
 
     def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
-        vectors, weights = self.item_tower(items)
+        vectors, weights, _, _ = self.item_tower(items)
         weights = weights.detach().float().sum(0)
         self._weight_sum = weights if self._weight_sum is None else self._weight_sum + weights
         self._weight_count += len(items["item_ids"])

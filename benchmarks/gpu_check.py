@@ -1,0 +1,196 @@
+"""GPU check: end-to-end training throughput against the encoders' own, bf16 AMP, peak memory, DDP.
+
+    python benchmarks/gpu_check.py                 # on a GPU machine (about 3 minutes on one H100)
+    python benchmarks/gpu_check.py --smoke         # the same path on CPU with tiny models
+
+End to end: the real DataModule (decode, augment, tokenise in workers) and MultimodalRecommender with a
+ResNet-50 image encoder at 224 px and a MiniLM-size text encoder (6 layers, 384 wide; random weights, so
+nothing is downloaded), trained with ``precision="bf16-mixed"``. Upper bound: the same two encoders'
+forward + backward under bf16 autocast on the same batches, already on the GPU. Prints a table and writes
+``benchmarks/results/gpu_check.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.data.schema import write_prepared
+from mmrec_lightning.data.sources.synthetic import CATEGORIES, MATERIALS, STYLES, SyntheticSpec, generate
+from mmrec_lightning.encoders.image import TimmImageEncoder
+from mmrec_lightning.encoders.text import HFTextEncoder
+from mmrec_lightning.models import MultimodalRecommender
+
+MINILM = {
+    "model_type": "bert", "vocab_size": 256, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+    "intermediate_size": 1536, "max_position_embeddings": 128,
+}  # fmt: skip
+TINY = {**MINILM, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def write_tokenizer(directory: Path) -> str:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = [*CATEGORIES, *MATERIALS, *STYLES, "made of", "great gift", "ships fast"]
+    tokenizer.train_from_iterator(words, trainers.WordPieceTrainer(vocab_size=256, special_tokens=specials))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    ).save_pretrained(directory)
+    return str(directory)
+
+
+class StepTimer(L.Callback):
+    """Wall time of training steps ``warmup`` .. end (CUDA synchronised), and the examples they held."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+        self.examples = 0
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self._sync()
+            self.start = time.perf_counter()
+        if batch_idx >= self.warmup:
+            self.examples += len(batch["users"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync()
+        self.end = time.perf_counter()
+
+
+def build(args, data_path: str, tokenizer: str) -> tuple[MultimodalRecommender, RecDataModule]:
+    model = MultimodalRecommender(
+        num_users=args.users, num_items=args.items, num_categories=len(CATEGORIES), embed_dim=128, top_k=[10, 20],
+        image_encoder=TimmImageEncoder(args.image_model, image_size=args.image_size),
+        text_encoder=HFTextEncoder(config=args.text_config, tokenizer=tokenizer, max_length=32),
+    )  # fmt: skip
+    data = RecDataModule(
+        path=data_path, batch_size=args.batch_size, history_length=0, num_workers=args.workers, pin_memory=args.gpu
+    )
+    return model, data
+
+
+def encoder_bound(model: MultimodalRecommender, data: RecDataModule, batches: int, repeats: int) -> float:
+    """Examples per second of image + text encoder forward and backward alone, on batches already on device."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device).train()
+    data.preprocessing = model.item_preprocessing()
+    data.setup("fit")
+    loader = iter(data.train_dataloader())
+    held = []
+    for _ in range(batches):
+        batch = next(loader)
+        items = {k: v.to(device, non_blocking=True) for k, v in batch["items"].items()}
+        held.append((len(batch["users"]), items))
+    tower = model.item_tower
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    def step(items):
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            image = tower.image_encoder(items["image"])
+            text = tower.text_encoder(items["input_ids"], items["attention_mask"])
+        (image.float().sum() + text.float().sum()).backward()
+
+    for _, items in held[:2]:
+        step(items)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start, examples = time.perf_counter(), 0
+    for _ in range(repeats):
+        for size, items in held:
+            step(items)
+            examples += size
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return examples / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny models on CPU: checks the script, not speed")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "gpu_check.json"))
+    args = parser.parse_args()
+    args.gpu = torch.cuda.is_available() and not args.smoke
+    smoke = args.smoke
+    args.users, args.items = (60, 40) if smoke else (2000, 2000)
+    args.image_model, args.image_size = ("test_resnet", 32) if smoke else ("resnet50", 224)
+    args.text_config = TINY if smoke else MINILM
+    args.batch_size, args.workers = (16, 0) if smoke else (128, 12)
+    steps, warmup = (6, 2) if smoke else (70, 20)
+    torch.set_float32_matmul_precision("high")
+
+    result: dict = {"device": torch.cuda.get_device_name() if args.gpu else "cpu", "smoke": smoke}
+    with tempfile.TemporaryDirectory() as tmp:
+        source = generate(SyntheticSpec(users=args.users, items=args.items, image_size=32 if smoke else 128))
+        data_path = str(Path(tmp) / "data")
+        write_prepared(
+            data_path,
+            interactions=source.interactions,
+            items=source.items,
+            users=source.users,
+            metadata=source.metadata,
+        )
+        tokenizer = write_tokenizer(Path(tmp) / "tokenizer")
+        trainer_args = {
+            "accelerator": "gpu" if args.gpu else "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": steps,
+            "limit_val_batches": 0, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+            "enable_model_summary": False, "default_root_dir": tmp,
+        }  # fmt: skip
+
+        L.seed_everything(0)
+        model, data = build(args, data_path, tokenizer)
+        timer = StepTimer(warmup)
+        if args.gpu:
+            torch.cuda.reset_peak_memory_stats()
+        precision = "bf16-mixed" if args.gpu else "32-true"
+        L.Trainer(precision=precision, callbacks=[timer], **trainer_args).fit(model, datamodule=data)
+        result["end_to_end_examples_per_s"] = timer.examples / (timer.end - timer.start)
+        result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30 if args.gpu else None
+        result["final_loss_finite"] = bool(torch.isfinite(model.trainer.callback_metrics["train/loss"]))
+
+        L.seed_everything(0)
+        model, data = build(args, data_path, tokenizer)
+        result["encoders_examples_per_s"] = encoder_bound(
+            model, data, batches=4 if smoke else 10, repeats=1 if smoke else 3
+        )
+        result["ratio"] = result["end_to_end_examples_per_s"] / result["encoders_examples_per_s"]
+
+        L.seed_everything(0)
+        model, data = build(args, data_path, tokenizer)
+        ddp = L.Trainer(precision=precision, strategy="ddp", **{**trainer_args, "limit_train_batches": 5})
+        ddp.fit(model, datamodule=data)
+        result["ddp_devices_1_ok"] = ddp.state.finished and ddp.global_step == 5
+
+    rows = [
+        ("device", result["device"]),
+        ("end-to-end examples/s (bf16)", f"{result['end_to_end_examples_per_s']:.0f}"),
+        ("encoders fwd+bwd examples/s", f"{result['encoders_examples_per_s']:.0f}"),
+        ("ratio", f"{result['ratio']:.2f}"),
+        ("peak GPU memory (GB)", f"{result['peak_gpu_memory_gb']:.1f}" if args.gpu else "-"),
+        ("loss finite", str(result["final_loss_finite"])),
+        ("DDP, devices=1", "ok" if result["ddp_devices_1_ok"] else "FAILED"),
+    ]
+    print("\n".join(f"{name:32}{value}" for name, value in rows))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
