@@ -122,17 +122,31 @@ def encoder_bound(model: MultimodalRecommender, data: RecDataModule, batches: in
     return examples / (time.perf_counter() - start)
 
 
+def loader_throughput(model: MultimodalRecommender, data: RecDataModule, batches: int) -> float:
+    """Examples per second of the training loader alone (workers decoding, augmenting, tokenising)."""
+    data.preprocessing = model.item_preprocessing()
+    data.setup("fit")
+    loader = iter(data.train_dataloader())
+    next(loader)  # workers started
+    start, examples = time.perf_counter(), 0
+    for _ in range(batches):
+        examples += len(next(loader)["users"])
+    return examples / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models on CPU: checks the script, not speed")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "gpu_check.json"))
+    parser.add_argument("--workers", type=int, default=12, help="data-loader workers on a GPU machine")
     args = parser.parse_args()
+    workers = args.workers
     args.gpu = torch.cuda.is_available() and not args.smoke
     smoke = args.smoke
     args.users, args.items = (60, 40) if smoke else (2000, 2000)
     args.image_model, args.image_size = ("test_resnet", 32) if smoke else ("resnet50", 224)
     args.text_config = TINY if smoke else MINILM
-    args.batch_size, args.workers = (16, 0) if smoke else (128, 12)
+    args.batch_size, args.workers = (16, 0) if smoke else (128, workers)
     steps, warmup = (6, 2) if smoke else (70, 20)
     torch.set_float32_matmul_precision("high")
 
@@ -171,6 +185,7 @@ def main() -> None:
             model, data, batches=4 if smoke else 10, repeats=1 if smoke else 3
         )
         result["ratio"] = result["end_to_end_examples_per_s"] / result["encoders_examples_per_s"]
+        result["loader_examples_per_s"] = loader_throughput(model, data, batches=4 if smoke else 40)
 
         L.seed_everything(0)
         model, data = build(args, data_path, tokenizer)
@@ -183,6 +198,7 @@ def main() -> None:
         ("end-to-end examples/s (bf16)", f"{result['end_to_end_examples_per_s']:.0f}"),
         ("encoders fwd+bwd examples/s", f"{result['encoders_examples_per_s']:.0f}"),
         ("ratio", f"{result['ratio']:.2f}"),
+        (f"loader alone examples/s ({args.workers} workers)", f"{result['loader_examples_per_s']:.0f}"),
         ("peak GPU memory (GB)", f"{result['peak_gpu_memory_gb']:.1f}" if args.gpu else "-"),
         ("loss finite", str(result["final_loss_finite"])),
         ("DDP, devices=1", "ok" if result["ddp_devices_1_ok"] else "FAILED"),
