@@ -137,6 +137,20 @@ class RecommenderModule(L.LightningModule):
         if "cuda_rng_state" in checkpoint and torch.cuda.is_available():
             torch.cuda.set_rng_state(checkpoint["cuda_rng_state"])
 
+    def parameter_groups(self) -> list[dict]:
+        """What the optimizer trains: every parameter that requires gradients, in one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def configure_optimizers(self):
+        """The model's ``optimizer_factory`` over :meth:`parameter_groups`, with its ``scheduler_factory`` if
+        set; nothing for models without an optimizer (the popularity baseline)."""
+        factory = getattr(self, "optimizer_factory", None)
+        if factory is None:
+            return None
+        optimizer = factory([group for group in self.parameter_groups() if group["params"]])
+        scheduler = getattr(self, "scheduler_factory", None)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler(optimizer)}
+
     # --- what subclasses provide ---------------------------------------------------------------------
 
     def item_preprocessing(self) -> ItemPreprocessing:

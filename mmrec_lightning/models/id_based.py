@@ -67,12 +67,6 @@ class MatrixFactorization(RecommenderModule):
         self.log("train/loss", loss, batch_size=len(users))
         return loss
 
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
-
     def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._eval_embeddings[1][items["item_ids"]]
 

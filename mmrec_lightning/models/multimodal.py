@@ -180,21 +180,17 @@ class MultimodalRecommender(RecommenderModule):
             losses["rating"] = self.rating_head.loss(user, encoded.vectors[batch["positives"]], batch["ratings"])
         return losses
 
-    def configure_optimizers(self):
-        trainable = [p for p in self.parameters() if p.requires_grad]
+    def parameter_groups(self) -> list[dict]:
+        """One group, or the encoders' trainable parameters in a second one at ``encoder_lr``."""
         if self.encoder_lr is None:
-            groups = [{"params": trainable}]
-        else:
-            encoders = [self.item_tower.image_encoder, self.item_tower.text_encoder]
-            in_encoders = {id(p) for encoder in encoders if encoder is not None for p in encoder.parameters()}
-            groups = [
-                {"params": [p for p in trainable if id(p) not in in_encoders]},
-                {"params": [p for p in trainable if id(p) in in_encoders], "lr": self.encoder_lr},
-            ]
-        optimizer = self.optimizer_factory([group for group in groups if group["params"]])
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+            return super().parameter_groups()
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        encoders = [self.item_tower.image_encoder, self.item_tower.text_encoder]
+        in_encoders = {id(p) for encoder in encoders if encoder is not None for p in encoder.parameters()}
+        return [
+            {"params": [p for p in trainable if id(p) not in in_encoders]},
+            {"params": [p for p in trainable if id(p) in in_encoders], "lr": self.encoder_lr},
+        ]
 
     # --- evaluation ----------------------------------------------------------------------------------
 

@@ -25,6 +25,3 @@ class Popularity(RecommenderModule):
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
         return item_table.new_ones(len(batch["users"]), 1)
-
-    def configure_optimizers(self) -> None:
-        return None
