@@ -4,6 +4,7 @@ non-finite steps skipped, predictions written to Parquet."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SECRET_KEY = re.compile(r"(api[_-]?key|token|password|secret)", re.IGNORECASE)
 
@@ -227,3 +229,21 @@ class ImageFaultMonitor(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.log("train/unusable_images", float(self.failed), rank_zero_only=True)
+
+
+class SaveOnInterrupt(L.Callback):
+    """When a run is stopped by SIGTERM (a scheduler's preemption or ``kill``) or Ctrl-C, saves
+    ``last.ckpt`` beside the run's other checkpoints — weights, optimizer, RNG state and the training
+    loader's place in the epoch — so that ``fit --ckpt_path last`` continues with the next batch. Other
+    exceptions (bugs) save nothing: their state may be broken. Under SLURM, SIGUSR1 is Lightning's own
+    requeue signal (``hpc_ckpt_N.ckpt``)."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if not isinstance(exception, SIGTERMException | KeyboardInterrupt) or checkpoint is None:
+            return
+        if checkpoint.dirpath is None or trainer.state.fn != "fit":
+            return
+        path = os.path.join(checkpoint.dirpath, f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"interrupted: saved {path}; resume with `fit --config … --ckpt_path last`")

@@ -11,6 +11,7 @@ from mmrec_lightning.callbacks import (
     ImageFaultMonitor,
     LoggedSaveConfigCallback,
     NonFiniteGuard,
+    SaveOnInterrupt,
     TestMetricsWriter,
     TopKWriter,
     format_table,
@@ -43,6 +44,7 @@ class RecommenderCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite_guard")
         parser.add_lightning_class_args(TopKWriter, "predictions")
         parser.add_lightning_class_args(ImageFaultMonitor, "image_faults")
+        parser.add_lightning_class_args(SaveOnInterrupt, "save_on_interrupt")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
