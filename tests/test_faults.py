@@ -178,7 +178,7 @@ def test_a_decompression_bomb_and_a_one_pixel_image_are_handled(synthetic_dir, m
 
 
 def test_text_with_control_characters_or_nothing_left_is_cleaned():
-    from mmrec_lightning.data.items import clean_text
+    from mmrec_lightning.data.sources.text import clean_text
 
     assert clean_text("red\x00 lamp\x1b\n\tmodern\ufffe") == "red lamp modern"
-    assert clean_text("\x00\x01  ") == "" and clean_text(None) == ""
+    assert not clean_text("\x00\x01  ") and not clean_text(None)  # nothing left: the item has no text

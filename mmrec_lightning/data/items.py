@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 from mmrec_lightning.data.schema import PreparedDataset
+from mmrec_lightning.data.sources.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,6 @@ class ItemPreprocessing:
     max_text_length: int = 64
 
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
-
-
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: transparency is composited on white (not on black, which would change the
     item's look), 16-bit and float images are rescaled from their own range instead of clipped."""
@@ -53,14 +50,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
-
-
-def clean_text(text: str | None) -> str:
-    """Text without control characters and with normalised whitespace ("" when nothing is left); the
-    tokenizer truncates long texts to ``max_text_length`` tokens."""
-    if not text:
-        return ""
-    return " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
 
 
 class ItemContent:
@@ -126,7 +115,7 @@ class ItemContent:
             batch["image_failed"] = torch.tensor(failed)
         if prep.tokenizer is not None:
             column = table.column("text")
-            texts = [clean_text(column[item].as_py()) for item in items.tolist()]
+            texts = [clean_text(column[item].as_py()) or "" for item in items.tolist()]
             batch["text_mask"] = torch.tensor([bool(t) for t in texts])
             tokens = prep.tokenizer(
                 [t or "" for t in texts],

@@ -1,4 +1,5 @@
-"""Plain text from the cells of a raw item table: HTML entities decoded, tags removed, whitespace collapsed."""
+"""Plain text from the cells of a raw item table (at prepare) and from stored texts (at load): HTML entities
+decoded, tags and control characters removed, whitespace collapsed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pandas as pd
 _BREAK_TAG = re.compile(r"<\s*/?\s*(?:br|p|div|li|ul|ol|tr|td|th|h[1-6]|hr|table|blockquote|section)\b[^<>]*>", re.I)
 _TAG = re.compile(r"<!--.*?-->|<\s*/?\s*[A-Za-z][^<>]*>", re.DOTALL)
 _SPACE = re.compile(r"\s+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
 
 
 def is_missing(value: object) -> bool:
@@ -21,7 +23,8 @@ def is_missing(value: object) -> bool:
 
 
 def clean_text(value: object) -> str | None:
-    """Plain text from a cell: HTML entities decoded, tags removed, whitespace collapsed; None when empty.
+    """Plain text from a cell: HTML entities decoded, tags and control characters removed, whitespace
+    collapsed; None when empty.
     A list (Amazon's descriptions) is joined with spaces."""
     if isinstance(value, (list, tuple, np.ndarray)):
         value = " ".join(str(part) for part in value if not is_missing(part))
@@ -29,7 +32,7 @@ def clean_text(value: object) -> str | None:
         return None
     # Unescape first: some dumps escape their markup twice ("&lt;br&gt;").
     text = _TAG.sub("", _BREAK_TAG.sub(" ", html.unescape(str(value))))
-    text = _SPACE.sub(" ", text).strip()
+    text = _SPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
     return text or None
 
 
