@@ -33,6 +33,12 @@ def redact(value: Any) -> Any:
     return value
 
 
+def run_directory(trainer: L.Trainer, directory: str | None = None) -> Path:
+    """``directory`` if given, else the run's log directory. ``trainer.log_dir`` is a collective under DDP:
+    every rank must call this, even where only rank 0 writes."""
+    return Path(directory or trainer.log_dir or trainer.default_root_dir)
+
+
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Saves ``config.yaml`` in the run directory (Lightning's behaviour) and also sends the resolved config
     to every logger (W&B shows it in the run's config panel). Runs on rank 0 only."""
@@ -59,8 +65,7 @@ class TestMetricsWriter(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.path is None:  # fixed by the first test, so later tests in the same run add to the same file
-            # trainer.log_dir is a collective under DDP: every rank asks, only rank 0 writes
-            self.path = Path(self.directory or trainer.log_dir or trainer.default_root_dir) / self.filename
+            self.path = run_directory(trainer, self.directory) / self.filename
         if not trainer.is_global_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +154,7 @@ class TopKWriter(BasePredictionWriter):
         self._writer: pq.ParquetWriter | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        directory = Path(self.directory or trainer.log_dir or trainer.default_root_dir)
+        directory = run_directory(trainer, self.directory)
         directory.mkdir(parents=True, exist_ok=True)
         suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         self.paths = [directory / f"predictions{suffix}.parquet"]
