@@ -35,8 +35,9 @@ def summarise(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, di
     return summary
 
 
-def table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    metrics = [m for m in REPORTED if any(m in s for s in summary.values())]
+def table(summary: dict[str, dict[str, dict[str, float]]], reported: tuple[str, ...] = REPORTED) -> str:
+    """mean ± std of each ``reported`` metric that some model has, one row per model."""
+    metrics = [m for m in reported if any(m in s for s in summary.values())]
     rows = [["model", *metrics]]
     for model, values in summary.items():
         rows.append(

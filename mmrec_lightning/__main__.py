@@ -1,4 +1,5 @@
-"""``python -m mmrec_lightning <command>``: fit / validate / test / predict (LightningCLI) and prepare."""
+"""``python -m mmrec_lightning <command>``: fit / validate / test / predict (LightningCLI), prepare,
+extract-features, export and recommend."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ COMMANDS = """usage: python -m mmrec_lightning <command> [options]
 commands:
   fit, validate, test, predict   train and evaluate models (LightningCLI; --config FILE, --help)
   prepare                        build a prepared dataset from a raw source (--help)
+  extract-features               encode the catalogue once, store item features for training (--help)
+  export                         a trained model's user and item vectors with FAISS indexes (as predict:
+                                 --config FILE --ckpt_path CHECKPOINT; --export.index exact|approximate|auto)
+  recommend                      top-K for a user, similar items, or items like a new image/text (--help)
 """
 
 
@@ -30,10 +35,22 @@ def run(command: str | None) -> None:
         from mmrec_lightning.data.prepare import main as prepare
 
         prepare(sys.argv[2:])
+    elif command == "extract-features":
+        from mmrec_lightning.extract import main as extract
+
+        extract(sys.argv[2:])
     elif command in {"fit", "validate", "test", "predict"}:
         from mmrec_lightning.cli import RecommenderCLI
 
         RecommenderCLI()
+    elif command == "export":
+        from mmrec_lightning.cli import RecommenderCLI
+
+        RecommenderCLI(args=["predict", *sys.argv[2:], "--export.enabled=true"])
+    elif command == "recommend":
+        from mmrec_lightning.export.recommend import main as recommend
+
+        recommend(sys.argv[2:])
     else:
         print(COMMANDS, end="")
         sys.exit(0 if command in {None, "-h", "--help"} else 2)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -137,9 +140,10 @@ class NonFiniteGuard(L.Callback):
 
 
 class TopKWriter(BasePredictionWriter):
-    """Writes what ``predict`` returns — each user's top-K items (training items excluded) with scores —
-    to ``<run dir>/predictions.parquet`` (one file per rank under DDP), with the dataset's raw user and item
-    ids, one row per (user, rank).
+    """Writes what ``predict`` returns — each user's top-K items (training items excluded) with scores,
+    and for multimodal models each item's modality weights (``weight_image``, ``weight_text``, ``weight_id``)
+    — to ``<run dir>/predictions.parquet`` (one file per rank under DDP), with the dataset's raw user and
+    item ids, one row per (user, rank).
 
     Args:
         directory: where to write; default the run's log directory.
@@ -164,18 +168,21 @@ class TopKWriter(BasePredictionWriter):
         self._writer = None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        if prediction is None:  # the catalogue pass
+        if "users" not in prediction:  # a batch of the catalogue pass
             return
         users, items, scores = (prediction[k].cpu().numpy() for k in ("users", "items", "scores"))
         k = items.shape[1]
-        table = pa.table(
-            {
-                "user": self._user_ids.take(pa.array(np.repeat(users, k))),
-                "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
-                "item": self._item_ids.take(pa.array(items.ravel())),
-                "score": scores.ravel().astype(np.float32),
-            }
-        )
+        columns = {
+            "user": self._user_ids.take(pa.array(np.repeat(users, k))),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(users)),
+            "item": self._item_ids.take(pa.array(items.ravel())),
+            "score": scores.ravel().astype(np.float32),
+        }
+        if "modality_weights" in prediction:
+            weights = prediction["modality_weights"].float().cpu().numpy()
+            for index, name in enumerate(pl_module.modalities):
+                columns[f"weight_{name}"] = weights[..., index].ravel()
+        table = pa.table(columns)
         if self._writer is None:
             self._writer = pq.ParquetWriter(str(self.paths[0]), table.schema)
         self._writer.write_table(table)
@@ -237,11 +244,18 @@ class ImageFaultMonitor(L.Callback):
 
 
 class SaveOnInterrupt(L.Callback):
-    """When a run is stopped by SIGTERM (a scheduler's preemption or ``kill``) or Ctrl-C, saves
-    ``last.ckpt`` beside the run's other checkpoints — weights, optimizer, RNG state and the training
-    loader's place in the epoch — so that ``fit --ckpt_path last`` continues with the next batch. Other
-    exceptions (bugs) save nothing: their state may be broken. Under SLURM, SIGUSR1 is Lightning's own
-    requeue signal (``hpc_ckpt_N.ckpt``)."""
+    """When a run is stopped by SIGTERM (a scheduler's preemption or ``kill``), SIGUSR1 (a scheduler's
+    warning before preemption) or Ctrl-C, saves ``last.ckpt`` beside the run's other checkpoints — weights,
+    optimizer, RNG state and the training loader's place in the epoch — so that ``fit --ckpt_path last``
+    continues with the next batch. Other exceptions (bugs) save nothing: their state may be broken. Under
+    SLURM with auto-requeue, SIGUSR1 stays Lightning's own requeue signal (``hpc_ckpt_N.ckpt``)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has installed its signal handlers by now, and restores the previous ones when fit ends. A
+        # SIGUSR1 someone already handles (Lightning's SLURM auto-requeue, the user's own) is left to them.
+        if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGUSR1, _as_sigterm)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         checkpoint = trainer.checkpoint_callback
@@ -252,3 +266,11 @@ class SaveOnInterrupt(L.Callback):
         path = os.path.join(checkpoint.dirpath, f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}")
         trainer.save_checkpoint(path)
         rank_zero_info(f"interrupted: saved {path}; resume with `fit --config … --ckpt_path last`")
+
+
+def _as_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Handle a signal as the SIGTERM handler Lightning installed would: stop after this batch, then exit.
+    Left at its default, SIGUSR1 would kill the process without a checkpoint."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if callable(handler):
+        handler(signum, frame)

@@ -4,8 +4,12 @@ test metrics written to JSON, and an optional test of the best checkpoint next t
 from __future__ import annotations
 
 import json
+import sys
+from argparse import ArgumentError
+from typing import Any
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from mmrec_lightning.callbacks import (
     ImageFaultMonitor,
@@ -16,26 +20,73 @@ from mmrec_lightning.callbacks import (
     TopKWriter,
     format_table,
 )
+from mmrec_lightning.checkpoint_io import use_atomic_checkpoints
+from mmrec_lightning.config_errors import explain_checkpoint_mismatch, explain_parse_error
 from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.export.exporter import VectorExporter
 from mmrec_lightning.models import Popularity, RecommenderModule
+from mmrec_lightning.report import ReportWriter
 
 REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@20", "map@20", "hit@20")
 
 
 class RecommenderCLI(LightningCLI):
-    """``python -m mmrec_lightning {fit,validate,test,predict} --config …``."""
+    """``python -m mmrec_lightning {fit,validate,test,predict} --config …``.
+
+    A config the parser refuses, or a checkpoint that does not fit the configured model, raises a
+    :class:`ConfigurationError` whose message is one line naming the key (or file) and the fix. Checkpoints are
+    written atomically (:mod:`mmrec_lightning.checkpoint_io`) unless the config chooses its own ``CheckpointIO``.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(
-            RecommenderModule,
-            RecDataModule,
-            *args,
-            subclass_mode_model=True,
-            save_config_callback=LoggedSaveConfigCallback,
-            auto_configure_optimizers=False,
-            **kwargs,
-        )
+        # raise jsonargparse's errors instead of printing usage and exiting, so that parse_arguments can explain them
+        kwargs["parser_kwargs"] = {"exit_on_error": False, **kwargs.get("parser_kwargs", {})}
+        try:
+            super().__init__(
+                RecommenderModule,
+                RecDataModule,
+                *args,
+                subclass_mode_model=True,
+                save_config_callback=LoggedSaveConfigCallback,
+                auto_configure_optimizers=False,
+                **kwargs,
+            )
+        except RuntimeError as error:
+            trainer = getattr(self, "trainer", None)  # absent when the error came before the trainer was built
+            problem = explain_checkpoint_mismatch(error, trainer.ckpt_path if trainer is not None else None)
+            if problem is None:
+                raise
+            raise ConfigurationError(problem) from error
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """As Lightning's, but a refused config raises a one-line :class:`ConfigurationError`."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            argv = sys.argv[1:] if args is None else list(args) if isinstance(args, list) else []
+            subcommand = next((arg for arg in argv if arg in self.subcommands()), None)
+            subparsers = getattr(self, "_subcommand_parsers", {})  # Lightning's; absent when run=False
+            raise ConfigurationError(explain_parse_error(error, argv, subparsers.get(subcommand, parser))) from error
+
+    def _parse_ckpt_path(self) -> None:
+        """As Lightning's (the model's hyper-parameters are read from ``--ckpt_path``), but hyper-parameters the
+        parser refuses raise a one-line :class:`ConfigurationError`."""
+        try:
+            super()._parse_ckpt_path()
+        except ArgumentError as error:
+            checkpoint = self.config[self.config.subcommand].ckpt_path
+            problem = explain_parse_error(error, [self.config.subcommand], self.parser)
+            raise ConfigurationError(
+                f"{checkpoint}: the model hyper-parameters saved in it are refused: {problem}"
+            ) from error
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """As Lightning's, with checkpoints written atomically."""
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer.strategy)
+        return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for size in ("num_users", "num_items", "num_categories"):
@@ -45,6 +96,8 @@ class RecommenderCLI(LightningCLI):
         parser.add_lightning_class_args(TopKWriter, "predictions")
         parser.add_lightning_class_args(ImageFaultMonitor, "image_faults")
         parser.add_lightning_class_args(SaveOnInterrupt, "save_on_interrupt")
+        parser.add_lightning_class_args(ReportWriter, "report")  # after test_metrics: reads its file
+        parser.add_lightning_class_args(VectorExporter, "export")  # on with `python -m mmrec_lightning export`
         parser.add_argument(
             "--test_after_fit",
             type=bool,

@@ -1,10 +1,11 @@
 """Fusion of per-modality item vectors into one item vector.
 
 Every fusion maps modality vectors ``h`` ``[B, M, D]`` and an availability mask ``[B, M]`` to the fused
-vector ``z`` ``[B, D]`` and per-item modality weights ``[B, M]`` (which sum to 1 over the available
-modalities), so that a recommendation can say which modality drove it. An item with no available
-modality gets the zero vector. Models take a fusion *factory* ``(num_modalities, dim) -> Fusion``, so a
-YAML ``class_path`` picks the fusion while the model supplies the dimensions.
+vector ``z`` ``[B, output_dim]`` (``output_dim`` is D, except M·D for :class:`ScoreFusion`) and per-item
+modality weights ``[B, M]`` (which sum to 1 over the available modalities), so that a recommendation can
+say which modality drove it. An item with no available modality gets the zero vector. Models take a
+fusion *factory* ``(num_modalities, dim) -> Fusion``, so a YAML ``class_path`` picks the fusion while the
+model supplies the dimensions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Fusion(nn.Module):
         super().__init__()
         self.num_modalities = num_modalities
         self.dim = dim
+        self.output_dim = dim
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -67,10 +69,6 @@ class WeightedSumFusion(Fusion):
     """z = Σ_m w_m·h_m with one learned weight per modality, w = softmax of learned logits over the
     available modalities (the same for every item, unlike :class:`AttentionFusion`).
 
-    This is also decision-level (score) fusion: with the user vector u shared by all modalities,
-    u·z = Σ_m w_m (u·h_m), the learned combination of one score per modality. A separate score-fusion
-    class would compute exactly the same thing, so there is none.
-
     Args:
         num_modalities: number of modalities M.
         dim: vector size D.
@@ -83,6 +81,28 @@ class WeightedSumFusion(Fusion):
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         weights = _masked_softmax(self.logits.to(h.dtype).expand(mask.shape), mask)
         return _weighted_sum(weights, h), weights
+
+
+class ScoreFusion(WeightedSumFusion):
+    """Decision-level fusion: one score per modality, s(u, i) = Σ_m w_m·(u_mᵀh_m), with learned weights w
+    (softmax over the available modalities) and a separate user vector u_m per modality.
+
+    In the two-tower harness this is z = [w_1·h_1; …; w_M·h_M] of size M·D, scored against a user vector
+    of the same size whose blocks are the u_m — which is why ``output_dim`` is M·D here. (With a single
+    shared user vector, late fusion would collapse into :class:`WeightedSumFusion`.)
+
+    Args:
+        num_modalities: number of modalities M.
+        dim: vector size D of each modality.
+    """
+
+    def __init__(self, num_modalities: int, dim: int) -> None:
+        super().__init__(num_modalities, dim)
+        self.output_dim = num_modalities * dim
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = _masked_softmax(self.logits.to(h.dtype).expand(mask.shape), mask)
+        return (weights.unsqueeze(-1) * h).flatten(1), weights
 
 
 class GatedFusion(Fusion):

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,6 +16,8 @@ from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.models import MultimodalRecommender
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
+EXTRACT_CONFIGS = [path for path in CONFIGS if path.parent.name == "extract"]  # extract-features, not fit
+CONFIGS = [path for path in CONFIGS if path not in EXTRACT_CONFIGS]
 
 
 def tiny_config(tmp_path: Path, data_path: Path, tokenizer_dir: Path, **trainer) -> Path:
@@ -33,7 +36,7 @@ def tiny_config(tmp_path: Path, data_path: Path, tokenizer_dir: Path, **trainer)
             },
             "callbacks": [
                 {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "class_path": "mmrec_lightning.model_checkpoint.ModelCheckpoint",
                     "init_args": {"monitor": "val/recall@20", "mode": "max", "save_last": True},
                 }
             ],
@@ -144,6 +147,10 @@ def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, 
     assert list(first["rank"]) == list(range(1, 21)) and first["score"].is_monotonic_decreasing
     assert not set(first["item"]) & {f"item{i}" for i in train.row(0)}  # training items excluded
     assert writer.paths[1].suffix == ".csv" and writer.paths[1].read_text().startswith('"user","rank"')
+    weights = table[["weight_image", "weight_text", "weight_id"]].to_numpy()
+    np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-5)  # which modality placed each item
+    cold = table["item"].isin(dataset.items.column("raw_id").to_numpy()[dataset.metadata["cold_items"]])
+    assert cold.any() and (table.loc[cold, "weight_id"] == 0).all()  # a cold item's ID never counts
 
     model = MultimodalRecommender.load_from_checkpoint(best, weights_only=True)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]

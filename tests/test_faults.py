@@ -1,14 +1,24 @@
 """Faults injected on tiny data, with the behaviour the user gets."""
 
+import errno
+import io
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from conftest import TINY_SPEC
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
+from test_cli import tiny_config
 
 from mmrec_lightning.callbacks import NonFiniteGuard, NonFiniteLossError, SaveOnInterrupt
+from mmrec_lightning.checkpoint_io import AtomicCheckpointIO
+from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.data.datamodule import RecDataModule
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.models import MatrixFactorization
@@ -54,21 +64,24 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_the_checkpoint(s
 
 
 class Interrupt(L.Callback):
-    """Sends the process SIGTERM after a given global step, as a scheduler's preemption would."""
+    """Sends the process a signal after a given global step, as a scheduler's preemption would."""
 
-    def __init__(self, at_step: int) -> None:
+    def __init__(self, at_step: int, signum: signal.Signals) -> None:
         self.at_step = at_step
+        self.signum = signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            # a signal left at its default would kill pytest itself rather than fail this test
+            assert signal.getsignal(self.signum) not in (signal.SIG_DFL, signal.SIG_IGN), f"{self.signum!r} unhandled"
+            os.kill(os.getpid(), self.signum)
 
 
-def _resumable_fit(synthetic_dir, tmp_path, interrupt_at=None, ckpt_path=None):
+def _resumable_fit(synthetic_dir, tmp_path, interrupt=None, ckpt_path=None):
     L.seed_everything(0)
     model = MatrixFactorization(num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5])
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt")  # end of epoch only
-    callbacks = [checkpoints, SaveOnInterrupt()] + ([Interrupt(interrupt_at)] if interrupt_at is not None else [])
+    callbacks = [checkpoints, SaveOnInterrupt()] + ([Interrupt(*interrupt)] if interrupt is not None else [])
     trainer = L.Trainer(
         max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         callbacks=callbacks, default_root_dir=tmp_path, deterministic=True,
@@ -81,14 +94,20 @@ def _resumable_fit(synthetic_dir, tmp_path, interrupt_at=None, ckpt_path=None):
     return model
 
 
-def test_a_run_terminated_mid_epoch_three_times_ends_like_one_that_never_stopped(synthetic_dir, tmp_path):
+def test_a_run_terminated_or_preempted_mid_epoch_three_times_ends_like_one_that_never_stopped(synthetic_dir, tmp_path):
     reference = _resumable_fit(synthetic_dir, tmp_path / "reference")
     steps_per_epoch = -(-len(PreparedDataset(synthetic_dir).split("train").items) // 64)
-    kills = [3, steps_per_epoch + 2, 2 * steps_per_epoch + 4]  # mid-epoch in each of the 3 epochs
+    kills = [  # mid-epoch in each of the 3 epochs
+        (3, signal.SIGTERM),
+        (steps_per_epoch + 2, signal.SIGUSR1),
+        (2 * steps_per_epoch + 4, signal.SIGTERM),
+    ]
     run = tmp_path / "killed"
-    for number, step in enumerate(kills):
-        assert _resumable_fit(synthetic_dir, run, interrupt_at=step, ckpt_path="last" if number else None) is None
-        assert (run / "ckpt" / "last.ckpt").is_file()  # saved on SIGTERM
+    for number, (step, signum) in enumerate(kills):
+        assert _resumable_fit(synthetic_dir, run, (step, signum), ckpt_path="last" if number else None) is None
+        saved = torch.load(run / "ckpt" / "last.ckpt", weights_only=True)
+        assert saved["global_step"] == step, signum  # saved on the signal
+        assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # our handler lives only as long as fit
     resumed = _resumable_fit(synthetic_dir, run, ckpt_path="last")
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -182,3 +201,125 @@ def test_text_with_control_characters_or_nothing_left_is_cleaned():
 
     assert clean_text("red\x00 lamp\x1b\n\tmodern\ufffe") == "red lamp modern"
     assert not clean_text("\x00\x01  ") and not clean_text(None)  # nothing left: the item has no text
+
+
+class SeeSigusr1(L.Callback):
+    """Records who handles SIGUSR1 once training has started."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.handlers = getattr(signal.getsignal(signal.SIGUSR1), "signal_handlers", None)
+
+
+def test_under_slurm_sigusr1_is_left_to_lightnings_requeue(synthetic_dir, tmp_path, monkeypatch):
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "7"}.items():
+        monkeypatch.setenv(name, value)
+    seen = SeeSigusr1()
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, callbacks=[SaveOnInterrupt(), seen],
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    model = MatrixFactorization(num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5])
+    trainer.fit(model, datamodule=RecDataModule(path=str(synthetic_dir), batch_size=64, history_length=0))
+    assert [handler.__name__ for handler in seen.handlers] == ["_slurm_sigusr_handler_fn"]
+
+
+CHECKPOINT_V1 = {"global_step": 1, "state_dict": {"weight": torch.ones(4096)}}
+CHECKPOINT_V2 = {"global_step": 2, "state_dict": {"weight": torch.zeros(4096)}}
+
+
+def test_a_checkpoint_save_failing_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    last = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(CHECKPOINT_V1, last)
+    real_save = torch.save
+
+    def save_half_then_fail(obj, file) -> None:
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        AtomicCheckpointIO().save_checkpoint(CHECKPOINT_V2, last)
+    assert torch.load(last, weights_only=True)["global_step"] == 1
+    assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+KILLED_WHILE_SAVING = """
+import io, sys, time
+from pathlib import Path
+
+import torch
+from mmrec_lightning.checkpoint_io import AtomicCheckpointIO
+
+last, marker = Path(sys.argv[1]), Path(sys.argv[2])
+AtomicCheckpointIO().save_checkpoint({"global_step": 1, "state_dict": {"weight": torch.ones(4096)}}, last)
+real_save = torch.save
+
+def save_half_then_wait(obj, file):  # the test's hook: half the bytes written, then wait to be killed
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    file.flush()
+    marker.touch()
+    time.sleep(600)
+
+torch.save = save_half_then_wait
+AtomicCheckpointIO().save_checkpoint({"global_step": 2, "state_dict": {"weight": torch.zeros(4096)}}, last)
+"""
+
+
+def test_a_process_killed_while_saving_a_checkpoint_leaves_the_previous_one(tmp_path):
+    last, marker = tmp_path / "ckpt" / "last.ckpt", tmp_path / "half-written"
+    process = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_SAVING, str(last), str(marker)])
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert process.poll() is None, "the saving process ended before it was killed"
+            assert time.monotonic() < deadline, "the saving process never reached its second save"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert torch.load(last, weights_only=True)["global_step"] == 1
+    (partial,) = [path for path in last.parent.iterdir() if path != last]
+    assert partial.name.startswith(".last.ckpt.") and partial.suffix == ".tmp"  # never taken for a checkpoint
+
+
+def test_a_remote_checkpoint_is_saved_by_lightning(tmp_path):
+    url = "memory://runs/last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(CHECKPOINT_V1, url)
+    assert AtomicCheckpointIO().load_checkpoint(url, weights_only=True)["global_step"] == 1
+
+
+def test_the_cli_saves_checkpoints_atomically_unless_the_config_chooses_how(tmp_path, synthetic_dir):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"accelerator": "cpu", "logger": False},
+                "model": {"class_path": "mmrec_lightning.models.MatrixFactorization", "init_args": {"top_k": [5]}},
+                "data": {"path": str(synthetic_dir)},
+            }
+        )
+    )
+    cli = RecommenderCLI(args=["--config", str(config)], run=False)
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    chosen = "--trainer.plugins=lightning.pytorch.plugins.io.AsyncCheckpointIO"
+    cli = RecommenderCLI(args=["--config", str(config), chosen], run=False)
+    assert type(cli.trainer.strategy.checkpoint_io) is AsyncCheckpointIO
+
+
+def test_last_ckpt_holds_the_last_epoch_when_the_best_was_earlier(synthetic_dir, tokenizer_dir, tmp_path):
+    config = yaml.safe_load(tiny_config(tmp_path, synthetic_dir, tokenizer_dir, max_epochs=3).read_text())
+    config["model"] = {"class_path": "mmrec_lightning.models.MatrixFactorization", "init_args": {"top_k": [5]}}
+    checkpoint = config["trainer"]["callbacks"][0]["init_args"]
+    checkpoint.update(monitor="epoch", mode="min", dirpath=str(tmp_path / "checkpoints"))  # best: epoch 0
+    path = tmp_path / "id.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = RecommenderCLI(args=["fit", "--config", str(path)])
+    assert torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=True)["epoch"] == 0
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == cli.trainer.global_step

@@ -7,11 +7,12 @@ from mmrec_lightning.fusion import (
     ConcatFusion,
     GatedFusion,
     MeanFusion,
+    ScoreFusion,
     TransformerFusion,
     WeightedSumFusion,
 )
 
-FUSIONS = [AttentionFusion, MeanFusion, ConcatFusion, WeightedSumFusion, GatedFusion, TransformerFusion]
+FUSIONS = [AttentionFusion, MeanFusion, ConcatFusion, WeightedSumFusion, ScoreFusion, GatedFusion, TransformerFusion]
 MASK = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 0, 0]], dtype=torch.bool)
 
 
@@ -28,10 +29,10 @@ def _randomised(fusion):
 def test_shapes_weights_and_the_zero_vector_for_an_item_without_modalities(fusion_class):
     fusion = _randomised(fusion_class(3, 8))
     z, weights = fusion(torch.randn(5, 3, 8), MASK)
-    assert z.shape == (5, 8) and weights.shape == (5, 3)
+    assert z.shape == (5, fusion.output_dim) and weights.shape == (5, 3)
     assert torch.allclose(weights[:4].sum(1), torch.ones(4), atol=1e-6)
     assert (weights[~MASK] == 0).all()
-    assert torch.equal(z[4], torch.zeros(8)) and not torch.isnan(z).any()
+    assert torch.equal(z[4], torch.zeros(fusion.output_dim)) and not torch.isnan(z).any()
 
 
 @pytest.mark.parametrize("fusion_class", FUSIONS)
@@ -78,8 +79,23 @@ def test_weighted_sum_is_the_learned_combination_of_per_modality_scores():
         w[1], torch.stack([e[0], 0 * e[1], e[2]]) / (e[0] + e[2])
     )
     user = torch.tensor([2.0, -1.0])
-    per_modality_scores = h[0] @ user  # decision-level fusion: one score per modality, combined by w
+    per_modality_scores = h[0] @ user  # with one shared user vector: the learned combination of scores
     assert torch.allclose(z @ user, w @ per_modality_scores)
+
+
+def test_score_fusion_combines_one_score_per_modality_each_with_its_own_user_vector():
+    fusion = ScoreFusion(3, 2)
+    with torch.no_grad():
+        fusion.logits.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    h = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]]).expand(2, -1, -1)
+    mask = torch.tensor([[True, True, True], [True, False, True]])
+    z, w = fusion(h, mask)
+    assert fusion.output_dim == 6 and z.shape == (2, 6)
+    user_blocks = torch.tensor([[2.0, -1.0], [0.5, 3.0], [-1.0, 1.0]])  # u_m, one per modality
+    scores = (h[0] * user_blocks).sum(1)  # s_m = u_mᵀh_m
+    for b in range(2):
+        assert torch.allclose(z[b] @ user_blocks.flatten(), w[b] @ scores)
+    assert w[1, 1] == 0 and torch.allclose(w[1, [0, 2]].sum(), torch.tensor(1.0))
 
 
 def test_gated_fusion_normalises_sigmoid_gates_computed_from_each_modality():

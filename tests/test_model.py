@@ -1,12 +1,15 @@
+import io
+
 import lightning as L
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 from conftest import TINY_BERT, TINY_SPEC
+from PIL import Image
 
 from mmrec_lightning.data.datamodule import RecDataModule
-from mmrec_lightning.data.schema import write_prepared
+from mmrec_lightning.data.schema import PreparedDataset, write_prepared
 from mmrec_lightning.data.sources import synthetic as syn
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
@@ -255,3 +258,22 @@ def test_encoder_lr_puts_the_encoders_trainable_parameters_in_their_own_group(to
     assert {id(p) for p in rest["params"]} == {
         id(p) for p in model.parameters() if p.requires_grad and id(p) not in {id(q) for q in encoder_parameters}
     }
+
+
+def test_a_new_item_is_placed_from_its_content_as_a_cold_catalogue_item_is(synthetic_dir, tokenizer_dir):
+    model = _model(tokenizer_dir, freeze=True)
+    dm = _datamodule(model, synthetic_dir)
+    cold = np.flatnonzero(dm.item_train_counts == 0)[:3]
+    catalogue = dm.catalogue_dataloader().collate_fn(cold.tolist())
+    dataset = PreparedDataset(synthetic_dir)
+    images = [Image.open(io.BytesIO(dataset.items.column("image")[int(i)].as_py())) for i in cold]
+    texts = [dataset.items.column("text")[int(i)].as_py() for i in cold]
+    model.train()  # encode_new_items must evaluate whatever mode the model is in, and leave it as it was
+    new = model.encode_new_items(images, texts)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        expected = model.item_tower(catalogue).vectors
+    torch.testing.assert_close(new, expected, atol=1e-5, rtol=1e-4)
+    text_only = model.encode_new_items([None], [texts[0]])
+    assert text_only.shape == (1, 16) and not torch.allclose(text_only, new[:1])

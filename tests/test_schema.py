@@ -1,5 +1,11 @@
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -139,3 +145,41 @@ def test_synthetic_data_has_cold_items_modalities_and_categories(synthetic_dir):
     assert len(texts) >= 0.9 * TINY_SPEC.items
     users_train = np.diff(dataset.split("train").indptr)
     assert (users_train >= 1).all()  # every user has training history
+
+
+KILLED_PREPARE = """
+import sys, time
+from pathlib import Path
+from conftest import write_synthetic, TINY_SPEC
+import mmrec_lightning.data.schema as schema
+
+original = schema._checked_items
+def stalling(batches, report):  # writes some items, says so, then hangs until it is killed
+    for number, batch in enumerate(original(batches, report)):
+        yield batch
+        if number == 0:
+            Path(sys.argv[2]).write_text("writing")
+            time.sleep(60)
+schema._checked_items = stalling
+write_synthetic(Path(sys.argv[1]))
+"""
+
+
+def test_a_prepare_killed_half_way_leaves_no_dataset_that_looks_complete(tmp_path):
+    output, marker = tmp_path / "prepared", tmp_path / "marker"
+    script = tmp_path / "prepare.py"
+    script.write_text(KILLED_PREPARE)
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(script), str(output), str(marker)], env=env)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the prepare never started writing"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not output.exists()  # only the hidden staging folder exists, never the dataset's own name
+    with pytest.raises(PreparedDatasetError, match="is not a prepared dataset"):
+        PreparedDataset(output)
+    write_synthetic(output, TINY_SPEC)  # running it again works
+    PreparedDataset(output).validate()

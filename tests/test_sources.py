@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mmrec_lightning.data.features import SourceFeatures, feature_file, read_features
 from mmrec_lightning.data.prepare import main as prepare
 from mmrec_lightning.data.schema import PreparedDataset, write_prepared
 from mmrec_lightning.data.sources import SOURCES
@@ -44,6 +45,7 @@ def _prepare(options, tmp_path: Path) -> PreparedDataset:
         items=data.items,
         users=data.users,
         metadata=data.metadata,
+        features=data.features,
     )
     dataset = PreparedDataset(path)
     dataset.validate()
@@ -74,20 +76,28 @@ def _mmrec_folder(tmp_path: Path) -> Path:
     lines = ["userID\titemID\trating\ttimestamp\tx_label", *("\t".join(map(str, row)) for row in rows)]
     folder = tmp_path / "baby"
     _write(folder / "baby.inter", "\n".join(lines) + "\n")
-    np.save(folder / "image_feat.npy", np.zeros((4, 3), np.float32))
+    np.save(folder / "image_feat.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
     return folder
 
 
-def test_mmrec_keeps_its_split_and_ids_and_records_the_features(tmp_path):
+def test_mmrec_keeps_its_split_and_ids_and_copies_the_features_in_item_order(tmp_path):
     folder = _mmrec_folder(tmp_path)
     dataset = _prepare(MMRecOptions(path=str(folder)), tmp_path)
     assert dataset.metadata["counts"]["interactions"] == {"train": 3, "valid": 1, "test": 1}
     assert dataset.items.column("raw_id").to_pylist() == ["0", "1", "2", "3"]  # MMRec's indices stay
     assert list(dataset.split("test").row(0)) == [2] and list(dataset.split("valid").row(1)) == [3]
     assert dataset.metadata["split"]["method"] == "source"
-    image = dataset.metadata["features"]["image"]
-    assert image["shape"] == [4, 3] and Path(image["path"]) == (folder / "image_feat.npy").resolve()
-    assert "text" not in dataset.metadata["features"]
+    copied = read_features(feature_file(dataset.path, "image"), num_items=4)
+    np.testing.assert_array_equal(copied, np.load(folder / "image_feat.npy"))
+    assert not feature_file(dataset.path, "text").exists()
+    provenance = json.loads((dataset.path / "features" / "features.json").read_text())
+    assert Path(provenance["image"]["source_file"]) == (folder / "image_feat.npy").resolve()
+
+
+def test_source_features_follow_the_items_raw_ids_when_items_are_dropped(tmp_path):
+    np.save(tmp_path / "f.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
+    rows = SourceFeatures(tmp_path / "f.npy").rows(np.array(["1", "3"]))
+    np.testing.assert_array_equal(rows, [[3, 4, 5], [9, 10, 11]])
 
 
 def test_mmrec_features_must_have_a_row_per_item(tmp_path):

@@ -5,18 +5,41 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.data.sources.text import clean_text
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """An image transform that hands the loader uint8 pixels, with what the loader needs besides calling it.
+
+    Normalising is left to the model, on its device: a uint8 batch is a quarter of a float one to build,
+    pass between processes and copy to the accelerator.
+
+    Args:
+        transform: PIL image -> uint8 tensor ``[3, H, W]`` (resizing and augmentation included).
+        min_side: the smallest image side the transform needs to lose no detail: a JPEG at least twice as
+            large on both sides is decoded at reduced scale (``Image.draft``), never below this.
+        fill: the colour of the placeholder for an item without an image.
+    """
+
+    transform: Callable[[Image.Image], torch.Tensor]
+    min_side: int
+    fill: tuple[int, int, int] = (0, 0, 0)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
 
 
 @dataclass
@@ -26,6 +49,7 @@ class ItemPreprocessing:
 
     Args:
         image_train: PIL image -> tensor, with train-time augmentation; ``None`` when images are not used.
+            An :class:`ImageTransform` also lets large JPEGs be decoded at reduced scale.
         image_eval: PIL image -> tensor, deterministic.
         tokenizer: a Hugging Face tokenizer; ``None`` when text is not used.
         max_text_length: tokens kept per text.
@@ -49,7 +73,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # convert would copy an RGB image
+
+
+def _placeholder(example: torch.Tensor, fill: tuple[int, int, int] | None) -> torch.Tensor:
+    """The image of an item without one, shaped like ``example``: ``fill`` for an :class:`ImageTransform`
+    (its model's mean colour, which normalises to about zero as the float placeholder did), zeros otherwise."""
+    if fill is None:
+        return torch.zeros_like(example)
+    return torch.tensor(fill, dtype=example.dtype).view(-1, 1, 1).expand_as(example)
 
 
 class ItemContent:
@@ -74,23 +106,39 @@ class ItemContent:
             self._dataset = PreparedDataset(self.path)
         return self._dataset
 
-    def _decode(self, item: int, data: bytes) -> Image.Image | None:
-        """The item's image as 8-bit RGB, or None if it cannot be used (the item then goes without image)."""
+    def _decode(self, item: int, data: bytes, min_side: int | None = None) -> Image.Image | None:
+        """The item's image as 8-bit RGB, or None if it cannot be used (the item then goes without image).
+        A JPEG at least twice ``min_side`` on both sides is decoded at a reduced scale that keeps both sides
+        at least ``min_side``: the transform would throw those pixels away, and decoding them costs most."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not just warn
                 image = Image.open(io.BytesIO(data))
+                if min_side is not None:
+                    image.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
                 image.load()
             return to_rgb(image)
         except Exception as error:  # any decoder failure (truncated, corrupt, bomb): use no image
             log.warning("item %d in %s/items.arrow: image unusable (%s); using no image", item, self.path, error)
             return None
 
+    def _load_images(self, items: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]) -> dict:
+        """``image`` ``[B, 3, H, W]`` (a placeholder where an item has no usable image), ``image_mask`` and
+        ``image_failed`` for ``items``."""
+        column = self.dataset.items.column("image")
+        min_side = transform.min_side if isinstance(transform, ImageTransform) else None
+        images, failed = [], []
+        for item in items.tolist():
+            data = column[item].as_py()
+            image = self._decode(item, data, min_side) if data else None
+            images.append(image)
+            failed.append(bool(data) and image is None)
+        return {**image_batch(images, transform), "image_failed": torch.tensor(failed)}
+
     def load(self, items: np.ndarray, train: bool) -> dict[str, torch.Tensor]:
-        """Content of ``items`` as a batch: images (zeros where missing), token ids, availability masks,
+        """Content of ``items`` as a batch: images (a placeholder where missing), token ids, availability masks,
         categories (-1 unknown), whether each item has a trained ID embedding, and ``image_failed``: the
         items whose stored image could not be used (see ``callbacks.ImageFaultMonitor``)."""
-        table = self.dataset.items
         batch: dict[str, torch.Tensor] = {
             "item_ids": torch.as_tensor(items, dtype=torch.long),
             "category": torch.as_tensor(self.dataset.item_categories()[items], dtype=torch.long),
@@ -99,31 +147,53 @@ class ItemContent:
         prep = self.preprocessing
         transform = prep.image_train if train else prep.image_eval
         if transform is not None:
-            column = table.column("image")
-            images, mask, failed = [], [], []
-            for item in items.tolist():
-                data = column[item].as_py()
-                image = self._decode(item, data) if data else None
-                images.append(transform(image) if image is not None else None)
-                mask.append(image is not None)
-                failed.append(bool(data) and image is None)
-            shape = next((x.shape for x in images if x is not None), None)
-            if shape is None:
-                shape = transform(Image.new("RGB", (8, 8))).shape
-            batch["image"] = torch.stack([x if x is not None else torch.zeros(shape) for x in images])
-            batch["image_mask"] = torch.tensor(mask)
-            batch["image_failed"] = torch.tensor(failed)
+            batch.update(self._load_images(items, transform))
         if prep.tokenizer is not None:
-            column = table.column("text")
-            texts = [clean_text(column[item].as_py()) or "" for item in items.tolist()]
-            batch["text_mask"] = torch.tensor([bool(t) for t in texts])
-            tokens = prep.tokenizer(
-                [t or "" for t in texts],
-                padding=True,
-                truncation=True,
-                max_length=prep.max_text_length,
-                return_tensors="pt",
-            )
-            batch["input_ids"] = tokens["input_ids"]
-            batch["attention_mask"] = tokens["attention_mask"]
+            column = self.dataset.items.column("text")
+            batch.update(text_batch([column[item].as_py() for item in items.tolist()], prep))
         return batch
+
+
+def image_batch(images: Sequence[Image.Image | None], transform: Callable[[Image.Image], torch.Tensor]) -> dict:
+    """``image`` ``[B, 3, H, W]`` of 8-bit RGB ``images`` (a placeholder for a missing one) and ``image_mask``."""
+    tensors = [transform(image) if image is not None else None for image in images]
+    mask = [tensor is not None for tensor in tensors]
+    if not all(mask):
+        example = next((x for x in tensors if x is not None), None)
+        if example is None:  # only for the shape and dtype
+            example = transform(Image.new("RGB", (8, 8)))
+        placeholder = _placeholder(example, transform.fill if isinstance(transform, ImageTransform) else None)
+        tensors = [x if x is not None else placeholder for x in tensors]
+    # default_collate stacks into shared memory inside a worker: handing the batch over then copies nothing
+    return {"image": default_collate(tensors), "image_mask": torch.tensor(mask)}
+
+
+def text_batch(texts: Sequence[str | None], preprocessing: ItemPreprocessing) -> dict:
+    """Token ids, attention mask and ``text_mask`` (whether anything is left after cleaning) of ``texts``."""
+    cleaned = [clean_text(text) or "" for text in texts]
+    tokens = preprocessing.tokenizer(
+        cleaned, padding=True, truncation=True, max_length=preprocessing.max_text_length, return_tensors="pt"
+    )
+    mask = torch.tensor([bool(text) for text in cleaned])
+    return {"text_mask": mask, "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def content_batch(
+    images: Sequence[Image.Image | None], texts: Sequence[str | None], preprocessing: ItemPreprocessing
+) -> dict[str, torch.Tensor]:
+    """The item-tower batch of items known only by their content — items the model never saw, whose ID is
+    unavailable — preprocessed for evaluation exactly as the catalogue is."""
+    if len(images) != len(texts):
+        raise ValueError(f"got {len(images)} images but {len(texts)} texts; give one of each per item (or None)")
+    batch: dict[str, torch.Tensor] = {
+        "item_ids": torch.full((len(images),), -1, dtype=torch.long),
+        "category": torch.full((len(images),), -1, dtype=torch.long),
+        "id_mask": torch.zeros(len(images), dtype=torch.bool),
+    }
+    if preprocessing.image_eval is not None:
+        batch.update(
+            image_batch([to_rgb(image) if image is not None else None for image in images], preprocessing.image_eval)
+        )
+    if preprocessing.tokenizer is not None:
+        batch.update(text_batch(texts, preprocessing))
+    return batch

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
+import pyarrow as pa
 from jsonargparse import ArgumentParser
+from tqdm import tqdm
 
 from mmrec_lightning.data.schema import PreparedDataset, write_prepared
 from mmrec_lightning.data.sources import SOURCES
@@ -46,6 +49,16 @@ def summary(dataset: PreparedDataset) -> str:
     return "\n".join(lines)
 
 
+def with_progress(batches: Iterable[pa.RecordBatch | pa.Table]) -> Iterator[pa.RecordBatch | pa.Table]:
+    """``batches`` unchanged, counted on a progress bar as they are written: reading and checking the items'
+    images is the long part of ``prepare``. The bar shows on a terminal only, and never in CI."""
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true")
+    with tqdm(desc="items", unit=" items", disable=True if in_ci else None) as bar:  # None: off without a TTY
+        for batch in batches:
+            yield batch
+            bar.update(batch.num_rows)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     peek = argparse.ArgumentParser(add_help=False)
@@ -60,9 +73,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = write_prepared(
         config.output,
         interactions=data.interactions,
-        items=data.items,
+        items=with_progress(data.items),
         users=data.users,
         metadata=data.metadata,
+        features=data.features,
         overwrite=config.overwrite,
     )
     print(summary(PreparedDataset(path)))

@@ -6,6 +6,7 @@ Layout (schema version 1)::
     interactions.arrow  user, item, timestamp, rating, split — sorted by (split, user, timestamp)
     items.arrow         item, raw_id, text, category, image (encoded JPEG/PNG bytes)
     users.arrow         user, raw_id
+    features/           optional item feature matrices (see ``mmrec_lightning.data.features``)
 
 The tables are uncompressed Arrow IPC files, opened with a memory map: a dataset larger than RAM is
 read page by page as items are touched, never loaded whole.
@@ -19,7 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 from PIL import Image
 
+from mmrec_lightning.data.features import SourceFeatures, feature_file, record_provenance, save_features
 from mmrec_lightning.errors import ConfigurationError
 
 SCHEMA_VERSION = 1
@@ -165,13 +167,15 @@ def write_prepared(
     items: Iterable[pa.RecordBatch | pa.Table],
     users: pa.Table,
     metadata: dict[str, Any],
+    features: Mapping[str, SourceFeatures] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Validate and write a prepared dataset atomically.
 
     Everything goes to a temporary sibling folder that is renamed into place only once complete, so a
     failed or killed ``prepare`` never leaves a dataset that looks complete. ``items`` may be a generator
-    of record batches: images are streamed, never all in memory.
+    of record batches: images are streamed, never all in memory. ``features`` (modality -> the source's
+    feature matrix) are copied into ``features/`` in item order.
     """
     output = Path(output)
     if output.exists() and not overwrite:
@@ -209,6 +213,11 @@ def write_prepared(
         dropped = {**metadata.pop("dropped", {}), **dropped}
         metadata = {"schema_version": SCHEMA_VERSION, **metadata, "counts": counts, "dropped": dropped}
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        if features:
+            raw_ids = np.asarray(_open_table(staging / "items.arrow").column("raw_id").to_pylist())
+            for modality, source in features.items():
+                save_features(feature_file(staging, modality), source.rows(raw_ids))
+                record_provenance(staging, modality, {"source_file": str(source.path)})
         PreparedDataset(staging).validate()
         if output.exists():
             shutil.rmtree(output)

@@ -1,8 +1,18 @@
 """Recommenders; all share the full-ranking evaluation of :class:`RecommenderModule`."""
 
 from mmrec_lightning.models.base import RecommenderModule
+from mmrec_lightning.models.freedom import FREEDOM
 from mmrec_lightning.models.id_based import LightGCN, MatrixFactorization
 from mmrec_lightning.models.multimodal import MultimodalRecommender
 from mmrec_lightning.models.popularity import Popularity
+from mmrec_lightning.models.vbpr import VBPR
 
-__all__ = ["LightGCN", "MatrixFactorization", "MultimodalRecommender", "Popularity", "RecommenderModule"]
+__all__ = [
+    "FREEDOM",
+    "LightGCN",
+    "MatrixFactorization",
+    "MultimodalRecommender",
+    "Popularity",
+    "RecommenderModule",
+    "VBPR",
+]

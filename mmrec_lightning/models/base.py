@@ -22,6 +22,7 @@ from torch import nn
 from mmrec_lightning.data.items import ItemPreprocessing
 from mmrec_lightning.encoders.weights import restoring_checkpoint
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.losses import RecommendationLoss
 from mmrec_lightning.metrics import RankingMetrics
 
 CATALOGUE, USERS = 0, 1
@@ -45,6 +46,7 @@ def rank_items(
         inside = (exclude_items >= start) & (exclude_items < start + block.shape[0])
         scores[exclude_rows[inside], exclude_items[inside] - start] = float("-inf")
         top_scores, top_items = scores.topk(min(k, block.shape[0]), dim=1)
+        del scores  # else the next block's scores are computed while this one is still held
         top_items = top_items + start
         if best_scores is not None:
             top_scores = torch.cat([best_scores, top_scores], dim=1)
@@ -104,7 +106,9 @@ class RecommenderModule(L.LightningModule):
         if num_users < 1 or num_items < 1:
             raise ConfigurationError(f"model: num_users and num_items must be positive, got {num_users}, {num_items}")
         if max(top_k) > num_items:
-            raise ConfigurationError(f"model.top_k: K={max(top_k)} is larger than the catalogue ({num_items} items)")
+            raise ConfigurationError(
+                f"model.top_k: K={max(top_k)} is larger than the catalogue ({num_items} items); lower model.top_k"
+            )
         self.num_users, self.num_items, self.num_categories = num_users, num_items, num_categories
         self.eval_chunk_size = eval_chunk_size
         self.val_metrics = RankingMetrics(top_k)
@@ -171,16 +175,20 @@ class RecommenderModule(L.LightningModule):
     def _add_items(self, items: dict[str, torch.Tensor]) -> None:
         self._item_chunks.append((items["item_ids"], self.encode_items(items).float()))
 
+    def _per_item(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Rows computed for parts of the catalogue, as one table in item order, gathered from every rank."""
+        ids = torch.cat([c[0] for c in chunks])
+        values = torch.cat([c[1] for c in chunks])
+        if self.trainer.world_size > 1:
+            ids, values = self._gather_uneven(ids), self._gather_uneven(values)
+        table = values.new_zeros(self.num_items, *values.shape[1:])
+        table[ids] = values
+        return table
+
     def _catalogue(self) -> torch.Tensor:
         """All item vectors, in item order, gathered from every rank the first time they are needed."""
         if self._item_table is None:
-            ids = torch.cat([c[0] for c in self._item_chunks])
-            vectors = torch.cat([c[1] for c in self._item_chunks])
-            if self.trainer.world_size > 1:
-                ids, vectors = self._gather_uneven(ids), self._gather_uneven(vectors)
-            table = vectors.new_zeros(self.num_items, vectors.shape[1])
-            table[ids] = vectors
-            self._item_table, self._item_chunks = table, []
+            self._item_table, self._item_chunks = self._per_item(self._item_chunks), []
         return self._item_table
 
     def _gather_uneven(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -193,14 +201,19 @@ class RecommenderModule(L.LightningModule):
 
     # --- evaluation ----------------------------------------------------------------------------------
 
-    def _score_users(self, batch: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_users(self, batch: dict[str, torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's user vectors and their top-``k`` ``(scores, items)``, training items excluded."""
         table = self._catalogue()
         users = self.encode_users(batch, table).float()
-        return rank_items(users, table, batch["exclude_rows"], batch["exclude_items"], k, self.eval_chunk_size)
+        scores, items = rank_items(users, table, batch["exclude_rows"], batch["exclude_items"], k, self.eval_chunk_size)
+        return users, scores, items
 
     def setup(self, stage: str) -> None:
         counts = getattr(getattr(self.trainer, "datamodule", None), "item_train_counts", None)
         self._cold_items = torch.as_tensor(counts == 0) if counts is not None else None
+        loss = getattr(self, "loss", None)
+        if counts is not None and isinstance(loss, RecommendationLoss):  # for popularity-corrected losses
+            loss.set_item_counts(torch.as_tensor(counts, device=self.device))
 
     def _evaluation_step(
         self, batch: dict, dataloader_idx: int, metrics: RankingMetrics, groups: nn.ModuleDict | None = None
@@ -208,7 +221,7 @@ class RecommenderModule(L.LightningModule):
         if dataloader_idx == CATALOGUE:
             self._add_items(batch)
             return
-        _, top = self._score_users(batch, metrics.max_k)
+        _, _, top = self._score_users(batch, metrics.max_k)
         targets = [("all", metrics, batch["target_rows"], batch["target_items"])]
         if groups is not None and self._cold_items is not None:
             cold = self._cold_items.to(top.device)[batch["target_items"]]
@@ -251,10 +264,13 @@ class RecommenderModule(L.LightningModule):
     def on_predict_epoch_start(self) -> None:
         self._reset_catalogue()
 
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor] | None:
-        """Top-K (largest K of ``top_k``) items and scores of each user, training items excluded."""
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """For a catalogue batch, its ``item_ids`` and ``item_vectors``; for a batch of users, their ``users``
+        ids and ``user_vectors`` and their top-K (largest K of ``top_k``) ``items`` and ``scores``, training
+        items excluded."""
         if dataloader_idx == CATALOGUE:
             self._add_items(batch)
-            return None
-        scores, items = self._score_users(batch, self.test_metrics.max_k)
-        return {"users": batch["users"], "items": items, "scores": scores}
+            item_ids, item_vectors = self._item_chunks[-1]
+            return {"item_ids": item_ids, "item_vectors": item_vectors}
+        users, scores, items = self._score_users(batch, self.test_metrics.max_k)
+        return {"users": batch["users"], "user_vectors": users, "items": items, "scores": scores}

@@ -54,15 +54,26 @@ class MatrixFactorization(RecommenderModule):
         """The user and item vectors that are scored (the raw embeddings here)."""
         return self.user_embedding.weight, self.item_embedding.weight
 
+    def batch_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vectors of a training batch's users ``[B, D]`` and of its distinct items ``[I, D]``."""
+        user_table, item_table = self.embeddings()
+        # index_select: its backward (index_add) is much cheaper than that of advanced indexing on CPU
+        return user_table.index_select(0, users), item_table.index_select(0, items)
+
+    def regularization(self, batch: dict, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """The term added to the recommendation loss: ``reg_weight`` x the L2 penalty of the vectors each
+        (user, positive, negative) of the batch scores (here the embeddings themselves)."""
+        scored = [user_vectors, item_vectors[batch["positives"]], item_vectors[batch["negatives"]]]
+        return self.reg_weight * l2_penalty(scored, len(user_vectors))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        users_all, items_all = self.embeddings()
-        item_ids = batch["items"]["item_ids"]
-        positives, negatives = item_ids[batch["positives"]], item_ids[batch["negatives"]]
-        users = batch["users"]
-        rec_loss = self.loss(users_all[users], items_all[positives], items_all[negatives], positives)
-        ego = [self.user_embedding(users), self.item_embedding(positives), self.item_embedding(negatives)]
-        reg_loss = sum(e.pow(2).sum() for e in ego) / len(users)
-        loss = rec_loss + self.reg_weight * reg_loss
+        users, item_ids = batch["users"], batch["items"]["item_ids"]
+        user_vectors, item_vectors = self.batch_vectors(users, item_ids)
+        positives, negatives = batch["positives"], batch["negatives"]
+        rec_loss = self.loss(
+            user_vectors, item_vectors[positives], item_vectors[negatives], item_ids[positives], item_ids[negatives]
+        )
+        loss = rec_loss + self.regularization(batch, user_vectors, item_vectors)
         self.log("train/rec_loss", rec_loss, prog_bar=True, batch_size=len(users))
         self.log("train/loss", loss, batch_size=len(users))
         return loss
@@ -99,40 +110,101 @@ class LightGCN(MatrixFactorization):
         train = self.trainer.datamodule.train_split
         self.graph = normalized_adjacency(train.indptr, train.items, self.num_users, self.num_items).to(self.device)
 
+    def regularization(self, batch: dict, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """``reg_weight`` x the L2 penalty of the layer-0 embeddings of each (user, positive, negative)."""
+        item_ids = batch["items"]["item_ids"]
+        ego = [
+            self.user_embedding(batch["users"]),
+            self.item_embedding(item_ids[batch["positives"]]),
+            self.item_embedding(item_ids[batch["negatives"]]),
+        ]
+        return self.reg_weight * l2_penalty(ego, len(user_vectors))
+
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.graph is None:
-            raise RuntimeError("LightGCN needs the training graph: attach it to a Trainer with a RecDataModule")
+        return self.propagate(self.graph)
+
+    def propagate(self, graph: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user and item vectors: the embeddings averaged over layers 0..L of propagation over ``graph``
+        (a symmetric-normalised adjacency over users then items)."""
+        if graph is None:
+            raise RuntimeError(
+                f"{type(self).__name__} needs the training graph: attach it to a Trainer with a RecDataModule"
+            )
         layer = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         total = layer
         for _ in range(self.num_layers):
-            layer = SymmetricSparseMatmul.apply(self.graph, layer)
+            layer = SymmetricSparseMatmul.apply(graph, layer)
             total = total + layer
         mean = total / (self.num_layers + 1)
-        return mean[: self.num_users], mean[self.num_users :]
+        users, items = mean.split([self.num_users, self.num_items])  # whose backward is one cat, not two scatters
+        return users, items
+
+
+def sparse_product(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for a sparse ``matrix``, written straight into a new tensor: ``@`` zero-fills its
+    output and copies the sparse kernel's result into it, which on CPU costs as much as the product."""
+    out = dense.new_empty(matrix.shape[0], dense.shape[1])
+    return torch.addmm(out, matrix, dense, beta=0, out=out)  # beta=0: the uninitialised ``out`` is not read
+
+
+class SparseMatmul(torch.autograd.Function):
+    """``A @ x`` for a sparse ``A`` given with its transpose, whose gradient is ``Aᵀ @ grad``. torch's own
+    backward of ``sparse.mm`` transposes ``A`` on every call, which costs more than the product itself."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, transpose: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose
+        return sparse_product(matrix, dense)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, sparse_product(ctx.transpose, grad)
 
 
 class SymmetricSparseMatmul(torch.autograd.Function):
-    """``A @ x`` for a symmetric sparse ``A``, whose gradient is ``A @ grad`` again. torch's own backward
-    of ``sparse.mm`` transposes ``A`` on every call, which costs more than the product itself."""
+    """``A @ x`` for a symmetric sparse ``A``: :class:`SparseMatmul` with ``A`` as its own transpose."""
 
     @staticmethod
     def forward(ctx, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        ctx.matrix = matrix
-        return matrix @ dense
+        return SparseMatmul.forward(ctx, matrix, matrix, dense)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        return None, ctx.matrix @ grad
+        return None, SparseMatmul.backward(ctx, grad)[2]
+
+
+def l2_penalty(vectors: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Sum of the squared norms of ``vectors``, per example of the batch."""
+    return sum(v.pow(2).sum() for v in vectors) / batch_size
 
 
 def normalized_adjacency(indptr, items, num_users: int, num_items: int) -> torch.Tensor:
     """D^-1/2 A D^-1/2 of the bipartite user-item graph as a sparse CSR matrix over users then items."""
+    return bipartite_adjacency(*interaction_edges(indptr, items, num_users), num_users, num_items)
+
+
+def interaction_edges(indptr, items, num_users: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (users, items) of the interactions listed per user (user u's items are ``items[indptr[u]:indptr[u+1]]``)."""
     users = torch.repeat_interleave(torch.arange(num_users), torch.from_numpy(np.diff(indptr)))
-    items = torch.from_numpy(np.asarray(items, dtype=np.int64)) + num_users
+    return users, torch.from_numpy(np.asarray(items, dtype=np.int64))
+
+
+def bipartite_adjacency(users: torch.Tensor, items: torch.Tensor, num_users: int, num_items: int) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 (sparse CSR, users then items) of the graph of the user-item edges (users[e], items[e])."""
+    items = items + num_users
     rows, cols = torch.cat([users, items]), torch.cat([items, users])
     size = num_users + num_items
     degree = torch.bincount(rows, minlength=size).float()
     scale = degree.clamp(min=1).rsqrt()
     values = scale[rows] * scale[cols]
     coo = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (size, size), check_invariants=True)
-    return coo.coalesce().to_sparse_csr()
+    return compact_csr(coo.coalesce())
+
+
+def compact_csr(matrix: torch.Tensor) -> torch.Tensor:
+    """A coalesced sparse ``matrix`` (any layout) as CSR with 32-bit indices where they fit: MKL's sparse
+    product (on CPU) takes those as they are, and converts 64-bit ones on every call."""
+    csr = matrix.to_sparse_csr()
+    if csr._nnz() >= 2**31:
+        return csr
+    return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape)

@@ -9,8 +9,12 @@ import torch
 from torch import nn
 
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
+from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import FusionFactory
+
+CACHE_FILL_ROWS = 256
+"""Items a frozen encoder encodes at once when filling its cache (bounds the activations' memory)."""
 
 
 class ItemEncoding(NamedTuple):
@@ -27,7 +31,8 @@ class ItemEncoding(NamedTuple):
 
 
 class ItemTower(nn.Module):
-    """Encodes items from whichever of image, text and item ID are configured.
+    """Encodes items from whichever of image, text and item ID are configured. Items outside the catalogue
+    (new items, known by their content alone) have item ID -1.
 
     An item's ID modality counts as available only if the item occurred in training (a cold item's ID
     embedding was never trained); images and texts that are missing are masked too. During training each
@@ -38,8 +43,8 @@ class ItemTower(nn.Module):
         num_items: size of the item-ID embedding table.
         dim: item vector size D.
         fusion: the fusion factory ``(num_modalities, dim) -> Fusion``.
-        image_encoder: optional image encoder.
-        text_encoder: optional text encoder.
+        image_encoder: optional image encoder, or the catalogue's precomputed image features.
+        text_encoder: optional text encoder, or the catalogue's precomputed text features.
         use_item_id: whether the item-ID embedding is a modality.
         modality_dropout: training-time probability of hiding each available modality.
         cache_frozen: keep the output of each frozen encoder per item in memory after its first encoding, so
@@ -52,8 +57,8 @@ class ItemTower(nn.Module):
         num_items: int,
         dim: int,
         fusion: FusionFactory,
-        image_encoder: ImageEncoder | None = None,
-        text_encoder: TextEncoder | None = None,
+        image_encoder: ImageEncoder | ItemFeatures | None = None,
+        text_encoder: TextEncoder | ItemFeatures | None = None,
         use_item_id: bool = True,
         modality_dropout: float = 0.0,
         cache_frozen: bool = True,
@@ -65,9 +70,14 @@ class ItemTower(nn.Module):
         for name, encoder in (("image", image_encoder), ("text", text_encoder)):
             if encoder is None:
                 continue
+            if isinstance(encoder, ItemFeatures) and encoder.num_items != num_items:
+                raise ConfigurationError(
+                    f"model.{name}_encoder: {encoder.path} has {encoder.num_items} rows, but the dataset has "
+                    f"{num_items} items; extract the features for this dataset"
+                )
             setattr(self, f"{name}_projection", nn.Linear(encoder.output_dim, dim))
             self.modalities.append(name)
-            if cache_frozen and encoder.frozen:
+            if cache_frozen and encoder.frozen and not isinstance(encoder, ItemFeatures):
                 self.register_buffer(f"_{name}_cache", torch.zeros(num_items, encoder.output_dim), persistent=False)
                 self.register_buffer(f"_{name}_cached", torch.zeros(num_items, dtype=torch.bool), persistent=False)
         if use_item_id:
@@ -82,39 +92,55 @@ class ItemTower(nn.Module):
     @property
     def augment_images(self) -> bool:
         """Whether training images should be augmented (not when a frozen encoder's features are cached)."""
-        return self.image_encoder is not None and not hasattr(self, "_image_cache")
+        return isinstance(self.image_encoder, ImageEncoder) and not hasattr(self, "_image_cache")
 
     def _encode(
         self, name: str, encode: Callable[[torch.Tensor], torch.Tensor], item_ids: torch.Tensor
     ) -> torch.Tensor:
         """``encode(rows)`` for the batch, served from the frozen-encoder cache where one is kept."""
-        if not hasattr(self, f"_{name}_cache"):
+        if not hasattr(self, f"_{name}_cache") or bool((item_ids < 0).any()):  # nothing cached for new items
             return encode(torch.arange(len(item_ids), device=item_ids.device))
         cache, cached = getattr(self, f"_{name}_cache"), getattr(self, f"_{name}_cached")
         missing = torch.nonzero(~cached[item_ids]).flatten()
-        if len(missing):
+        if len(missing):  # (an empty tensor splits into one empty slice)
             with torch.no_grad():
-                cache[item_ids[missing]] = encode(missing).to(cache.dtype)
+                # in slices: the activations of a frozen encoder over all of a large batch's new items would
+                # set the run's peak memory (it grows with the catalogue, the batches hold more distinct items)
+                for rows in missing.split(CACHE_FILL_ROWS):
+                    cache[item_ids[rows]] = encode(rows).to(cache.dtype)
             cached[item_ids[missing]] = True
         return cache[item_ids]
+
+    def _modality(self, name: str, items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder output and availability mask of modality ``name`` for the batch."""
+        encoder, ids = getattr(self, f"{name}_encoder"), items["item_ids"]
+        if isinstance(encoder, ItemFeatures):
+            if bool((ids < 0).any()):
+                raise ConfigurationError(
+                    f"model.{name}_encoder reads precomputed features ({encoder.path}), which exist only for the "
+                    "catalogue; to encode new items, train with the encoder itself"
+                )
+            return encoder(ids), encoder.available[ids]
+        if name == "image":
+            features = self._encode(name, lambda rows: encoder(items["image"][rows]), ids)
+        else:
+            features = self._encode(
+                name, lambda rows: encoder(items["input_ids"][rows], items["attention_mask"][rows]), ids
+            )
+        return features, items[f"{name}_mask"]
 
     def modality_vectors(self, items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """h ``[B, M, D]`` and the availability mask ``[B, M]``, in the order of ``self.modalities``."""
         vectors, masks = [], []
-        ids = items["item_ids"]
-        if self.image_encoder is not None:
-            features = self._encode("image", lambda rows: self.image_encoder(items["image"][rows]), ids)
-            vectors.append(self.image_projection(features))
-            masks.append(items["image_mask"])
-        if self.text_encoder is not None:
-            features = self._encode(
-                "text", lambda rows: self.text_encoder(items["input_ids"][rows], items["attention_mask"][rows]), ids
-            )
-            vectors.append(self.text_projection(features))
-            masks.append(items["text_mask"])
-        if "id" in self.modalities:
-            vectors.append(self.item_embedding(items["item_ids"]))
-            masks.append(items["id_mask"])
+        for name in self.modalities:
+            if name == "id":
+                # a new item's ID (-1) has no embedding; its id_mask is False, so the clamped row is never used
+                vectors.append(self.item_embedding(items["item_ids"].clamp(min=0)))
+                masks.append(items["id_mask"])
+            else:
+                features, mask = self._modality(name, items)
+                vectors.append(getattr(self, f"{name}_projection")(features))
+                masks.append(mask)
         return torch.stack(vectors, 1), torch.stack(masks, 1)
 
     def forward(self, items: dict[str, torch.Tensor]) -> ItemEncoding:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from PIL import Image
 
-from mmrec_lightning.data.items import ItemPreprocessing
+from mmrec_lightning.data.items import ItemPreprocessing, content_batch
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
+from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.encoders.user import UserTower
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
@@ -27,10 +30,12 @@ class MultimodalRecommender(RecommenderModule):
         num_users: number of users (linked from the data).
         num_items: number of items (linked from the data).
         num_categories: number of item categories (linked from the data); 0 disables the category head.
-        image_encoder: image encoder (``class_path`` of an ``ImageEncoder``), or none.
-        text_encoder: text encoder (``class_path`` of a ``TextEncoder``), or none.
+        image_encoder: image encoder (``class_path`` of an ``ImageEncoder``), the catalogue's precomputed
+            image features (``ItemFeatures``, see ``extract-features``), or none.
+        text_encoder: text encoder (``class_path`` of a ``TextEncoder``), precomputed text features
+            (``ItemFeatures``), or none.
         use_item_id: whether the item-ID embedding is one of the fused modalities.
-        embed_dim: size D of the user and item vectors.
+        embed_dim: size D of the modality, user and item vectors (M·D for user and item with ``ScoreFusion``).
         fusion: how modality vectors are fused (``class_path`` of a ``Fusion``; the model supplies the sizes).
         loss: the recommendation loss L_rec.
         category_head: the auxiliary head predicting an item's category from its vector
@@ -60,8 +65,8 @@ class MultimodalRecommender(RecommenderModule):
         num_users: int,
         num_items: int,
         num_categories: int = 0,
-        image_encoder: ImageEncoder | None = None,
-        text_encoder: TextEncoder | None = None,
+        image_encoder: ImageEncoder | ItemFeatures | None = None,
+        text_encoder: TextEncoder | ItemFeatures | None = None,
         use_item_id: bool = True,
         embed_dim: int = 64,
         fusion: FusionFactory = AttentionFusion,
@@ -93,15 +98,16 @@ class MultimodalRecommender(RecommenderModule):
             modality_dropout,
             cache_frozen_features,
         )
-        self.user_tower = UserTower(num_users, embed_dim, dropout=dropout)
+        vector_dim = self.item_tower.fusion.output_dim  # embed_dim, or one block per modality (ScoreFusion)
+        self.user_tower = UserTower(num_users, vector_dim, dropout=dropout)
         self.loss = loss if loss is not None else BPRLoss()
         use_category = category_head is not None and num_categories > 0 and aux_weight > 0
-        self.category_head = category_head(embed_dim, num_categories) if use_category else None
+        self.category_head = category_head(vector_dim, num_categories) if use_category else None
         use_contrastive = contrastive_head is not None and contrastive_weight > 0
         if use_contrastive and not {"image", "text"} <= set(self.modalities):
             raise ConfigurationError("model.contrastive_head needs both an image_encoder and a text_encoder")
         self.contrastive_head = contrastive_head if use_contrastive else None
-        self.rating_head = rating_head(embed_dim) if rating_head is not None and rating_weight > 0 else None
+        self.rating_head = rating_head(vector_dim) if rating_head is not None and rating_weight > 0 else None
         weights = {
             name: weight
             for name, head, weight in (
@@ -114,8 +120,8 @@ class MultimodalRecommender(RecommenderModule):
         self.task_weighting = TaskWeighting(weights, learned=loss_weighting == "uncertainty") if weights else None
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.encoder_lr = encoder_lr
-        self._weight_sum: torch.Tensor | None = None
-        self._weight_count = 0
+        self._weight_chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._weight_table: torch.Tensor | None = None
 
     @property
     def modalities(self) -> list[str]:
@@ -123,6 +129,8 @@ class MultimodalRecommender(RecommenderModule):
 
     def item_preprocessing(self) -> ItemPreprocessing:
         image, text = self.item_tower.image_encoder, self.item_tower.text_encoder
+        image = image if isinstance(image, ImageEncoder) else None  # precomputed features need no content
+        text = text if isinstance(text, TextEncoder) else None
         return ItemPreprocessing(
             image_train=image.transform(train=self.item_tower.augment_images) if image is not None else None,
             image_eval=image.transform(train=False) if image is not None else None,
@@ -135,9 +143,6 @@ class MultimodalRecommender(RecommenderModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
-        counts = getattr(datamodule, "item_train_counts", None)
-        if counts is not None:
-            self.loss.set_item_counts(torch.as_tensor(counts, device=self.device))
         train = getattr(datamodule, "train_split", None)
         if stage == "fit" and self.rating_head is not None and (train is None or train.ratings is None):
             raise ConfigurationError("model.rating_head: the training interactions of this dataset have no ratings")
@@ -195,20 +200,44 @@ class MultimodalRecommender(RecommenderModule):
     # --- evaluation ----------------------------------------------------------------------------------
 
     def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
-        vectors, weights, _, _ = self.item_tower(items)
-        weights = weights.detach().float().sum(0)
-        self._weight_sum = weights if self._weight_sum is None else self._weight_sum + weights
-        self._weight_count += len(items["item_ids"])
-        return vectors
+        encoded = self.item_tower(items)
+        self._weight_chunks.append((items["item_ids"], encoded.weights.detach().float()))
+        return encoded.vectors
+
+    @torch.no_grad()
+    def encode_new_items(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> torch.Tensor:
+        """Vectors ``[N, D]`` of items the model never saw, from their images and texts alone (either may be
+        None): cold-start inference, no retraining. The content is preprocessed as the catalogue is for
+        evaluation, and, as for any cold item, the untrained ID embedding takes no part."""
+        training = self.training
+        self.eval()
+        try:
+            batch = content_batch(images, texts, self.item_preprocessing())
+            return self.item_tower({name: value.to(self.device) for name, value in batch.items()}).vectors
+        finally:
+            self.train(training)
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
         history = item_table[batch["history"]]
         return self.user_tower(batch["users"], history, batch["history_mask"], batch["stats"])
 
+    def _reset_catalogue(self) -> None:
+        super()._reset_catalogue()
+        self._weight_chunks, self._weight_table = [], None
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """As the base class's, plus for users ``modality_weights`` ``[users, K, M]``: each recommended item's
+        fusion weights, in the order of ``modalities`` — which modality placed it where it is."""
+        prediction = super().predict_step(batch, batch_idx, dataloader_idx)
+        if "items" in prediction:
+            if self._weight_table is None:
+                self._weight_table = self._per_item(self._weight_chunks)
+            prediction["modality_weights"] = self._weight_table[prediction["items"]]
+        return prediction
+
     def _log_metrics(self, metrics, stage: str) -> None:
-        if self._weight_sum is not None:
-            mean = self._weight_sum / max(self._weight_count, 1)
+        if self._weight_chunks:
+            mean = torch.cat([weights for _, weights in self._weight_chunks]).mean(0)
             for name, value in zip(self.modalities, mean, strict=True):
                 self.log(f"{stage}/alpha_{name}", value, sync_dist=True)
-            self._weight_sum, self._weight_count = None, 0
         super()._log_metrics(metrics, stage)

@@ -8,6 +8,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from mmrec_lightning.data.features import SourceFeatures
+
 
 @dataclass
 class SourceData:
@@ -15,9 +17,11 @@ class SourceData:
 
     ``items`` is an iterable of record batches so that images can be read or rendered lazily.
     ``metadata`` holds the source name, its options, how it was split and the category names.
+    ``features`` holds item feature matrices the source ships (modality -> file), copied by ``prepare``.
     """
 
     interactions: pa.Table
     items: Iterable[pa.RecordBatch]
     users: pa.Table
     metadata: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, SourceFeatures] = field(default_factory=dict)

@@ -7,20 +7,20 @@ precomputed item features ``image_feat.npy`` and ``text_feat.npy``.
 train, valid, test; rating, timestamp and x_label may be absent). Ids are MMRec's own indices and stay so
 (ids sort numerically). The items are 0..max(itemID), as in MMRec, without text or images.
 
-The prepared schema has no column for precomputed features: each file's row count is checked against the
-number of items and its path and shape are recorded in ``metadata["features"]``. Row ``int(raw_id)`` of a
-feature file belongs to an item, which stays true when filtering removes items.
+Each feature file is checked to hold one row per item (row ``int(raw_id)`` belongs to an item) and copied
+into the prepared dataset's ``features/`` folder in its item order, so rows stay aligned when filtering
+drops items.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mmrec_lightning.data.features import SourceFeatures
 from mmrec_lightning.data.sources.base import SourceData
 from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
 from mmrec_lightning.data.sources.readers import (
@@ -73,9 +73,9 @@ def _indices(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _features(folder: Path, num_items: int, inter: Path) -> dict[str, Any]:
-    """The feature files' paths and shapes, each checked to hold one row per item (read as a memory map: only
-    the header is loaded)."""
+def _features(folder: Path, num_items: int, inter: Path) -> dict[str, SourceFeatures]:
+    """The feature files, each checked to hold one row per item (read as a memory map: only the header is
+    loaded)."""
     features = {}
     for modality, name in FEATURE_FILES.items():
         path = folder / name
@@ -90,7 +90,7 @@ def _features(folder: Path, num_items: int, inter: Path) -> dict[str, Any]:
                 f"{path}: shape {list(shape)}, expected [{num_items}, d]: one row per item of {inter.name} "
                 f"(itemID 0..{num_items - 1})"
             )
-        features[modality] = {"path": str(path.resolve()), "shape": list(shape), "row": "int(raw_id)"}
+        features[modality] = SourceFeatures(path.resolve())
     return features
 
 
@@ -115,6 +115,6 @@ def read(options: MMRecOptions) -> SourceData:
     num_items = int(items.max()) + 1
     item_table = pd.DataFrame({"item": np.arange(num_items).astype(str)})
     features = _features(folder, num_items, path)
-    return build(
-        "mmrec", options, RawSource(interactions, item_table, str(path), str(path), metadata={"features": features})
-    )
+    data = build("mmrec", options, RawSource(interactions, item_table, str(path), str(path)))
+    data.features = features
+    return data

@@ -1,0 +1,89 @@
+"""Item feature matrices kept beside a prepared dataset: ``<dataset>/features/<modality>_feat.npy``.
+
+Row i belongs to item i, which is MMRec's ``image_feat.npy`` / ``text_feat.npy`` layout: the files can be
+handed to MMRec as they are. An all-zero row means the item has no such content. ``features.json`` records
+where each matrix came from (the encoder that made it, or the source file it was copied from).
+
+They are written by ``prepare`` for sources that ship features (MMRec's) and by ``extract-features``, and
+read by models through :class:`mmrec_lightning.encoders.features.ItemFeatures`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrec_lightning.atomic import write_atomically
+from mmrec_lightning.data.matrices import MatrixWriter
+from mmrec_lightning.errors import ConfigurationError
+
+FEATURES_DIR = "features"
+MODALITIES = ("image", "text")
+
+
+def feature_file(dataset: str | Path, modality: str) -> Path:
+    """Where the ``modality`` features of the prepared dataset at ``dataset`` live."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    return Path(dataset) / FEATURES_DIR / f"{modality}_feat.npy"
+
+
+def save_features(path: Path, matrix: np.ndarray, rows_per_chunk: int = 65536) -> Path:
+    """Write ``matrix`` (any array-like with ``shape``, e.g. a memory map) as float32, atomically."""
+    writer = MatrixWriter(path, matrix.shape[0], matrix.shape[1])
+    try:
+        for start in range(0, matrix.shape[0], rows_per_chunk):
+            writer.array[start : start + rows_per_chunk] = matrix[start : start + rows_per_chunk]
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def record_provenance(dataset: str | Path, modality: str, provenance: dict[str, Any]) -> None:
+    """Note in ``features.json`` where the ``modality`` matrix came from (replacing the file atomically)."""
+    index = Path(dataset) / FEATURES_DIR / "features.json"
+    entries = json.loads(index.read_text()) if index.is_file() else {}
+    entries[modality] = provenance
+    write_atomically(index, lambda file: file.write((json.dumps(entries, indent=2) + "\n").encode()))
+
+
+@dataclass(frozen=True)
+class SourceFeatures:
+    """A source's feature matrix in which row ``int(raw_id)`` belongs to an item (MMRec's layout). ``prepare``
+    copies it into the dataset in item order, so rows stay aligned when filtering drops items.
+
+    Args:
+        path: the ``.npy`` file.
+    """
+
+    path: Path
+
+    def rows(self, raw_ids: np.ndarray) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r")[raw_ids.astype(np.int64)]
+
+
+def read_features(path: str | Path, num_items: int | None = None) -> np.ndarray:
+    """A feature matrix as a read-only memory map, checked to be 2-D numbers with ``num_items`` rows."""
+    path = Path(path)
+    fix = "write it with `python -m mmrec_lightning extract-features` (see docs/models.md)"
+    if not path.is_file():
+        raise ConfigurationError(f"{path}: no such feature file; {fix}")
+    try:
+        matrix = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise ConfigurationError(f"{path}: not a readable .npy array ({error}); {fix}") from None
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
+        raise ConfigurationError(
+            f"{path}: expected an [items, dim] matrix of numbers, got {matrix.dtype} {list(matrix.shape)}"
+        )
+    if num_items is not None and matrix.shape[0] != num_items:
+        raise ConfigurationError(
+            f"{path}: {matrix.shape[0]} rows, but the dataset has {num_items} items (row i = item i); "
+            "extract the features again for this dataset"
+        )
+    return matrix

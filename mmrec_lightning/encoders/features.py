@@ -1,0 +1,45 @@
+"""Precomputed item features in place of an encoder: the catalogue encoded once, looked up by item index."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmrec_lightning.data.features import read_features
+
+
+class ItemFeatures(nn.Module):
+    """A frozen feature matrix, one row per item, standing in for an image or text encoder.
+
+    Use it where a model takes an encoder once the catalogue has been encoded with ``python -m
+    mmrec_lightning extract-features`` (or was shipped with features, as MMRec's datasets are): training then
+    runs at embedding speed and the data loaders decode no images and tokenise no text for that modality.
+    The matrix is held in memory (rows x dim x 4 bytes) and moves with the model to its device; it is not
+    stored in checkpoints, which keep the ``path`` instead.
+
+    Args:
+        path: the ``.npy`` matrix, row i = item i (e.g. ``data/synthetic/features/image_feat.npy``).
+        normalize: scale every row to unit length (features of different encoders differ in scale).
+    """
+
+    frozen = True
+
+    def __init__(self, path: str, normalize: bool = False) -> None:
+        super().__init__()
+        self.path = path
+        matrix = torch.from_numpy(np.array(read_features(path), dtype=np.float32))  # a copy: memmaps are read-only
+        available = matrix.abs().sum(1) > 0  # an all-zero row: the item has no such content
+        if normalize:
+            matrix = torch.nn.functional.normalize(matrix, dim=1)
+        self.register_buffer("matrix", matrix, persistent=False)
+        self.register_buffer("available", available, persistent=False)
+        self.output_dim = matrix.shape[1]
+
+    @property
+    def num_items(self) -> int:
+        return self.matrix.shape[0]
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """The features ``[B, output_dim]`` of ``item_ids``."""
+        return self.matrix[item_ids]

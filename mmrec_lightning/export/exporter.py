@@ -1,0 +1,113 @@
+"""The ``export`` callback: a trained model's user and item vectors and nearest-neighbour indexes, for serving."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pyarrow.parquet as pq
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from mmrec_lightning.callbacks import run_directory
+from mmrec_lightning.data.matrices import RowParts
+from mmrec_lightning.export.index import IndexKind, build_index, save_index
+
+MANIFEST = "export.json"
+
+
+class VectorExporter(BasePredictionWriter):
+    """While ``predict`` runs (the ``export`` command turns this on), streams the model's item vectors (the
+    catalogue pass) and user vectors (the users pass) to disk, then writes, in ``export`` beside the
+    checkpoint's folder (``runs/demo/checkpoints/last.ckpt`` -> ``runs/demo/export``)::
+
+        item_vectors.npy, user_vectors.npy  float32, row i = item / user i
+        items.parquet, users.parquet        row -> the dataset's raw id (items also with their text)
+        recommend.faiss                     items by inner product with a user vector (the model's score)
+        similar.faiss                       items by cosine similarity to an item vector
+        export.json                         model, checkpoint, dataset, dimension, index settings
+
+    Args:
+        enabled: write the export during ``predict``.
+        directory: where to write; default ``export`` beside the checkpoint's folder (in the run's log
+            directory without a checkpoint).
+        index: ``exact``, ``approximate`` or ``auto`` (exact below ``exact_below`` items); see
+            :func:`mmrec_lightning.export.index.build_index`.
+        exact_below: the catalogue size from which ``auto`` builds approximate indexes.
+    """
+
+    def __init__(
+        self,
+        enabled: bool = False,
+        directory: str | None = None,
+        index: IndexKind = "auto",
+        exact_below: int = 100_000,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.enabled, self.directory = enabled, directory
+        self.index, self.exact_below = index, exact_below
+        self.path: Path | None = None
+        self._parts: dict[str, RowParts] = {}
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        if self.directory:
+            self.path = Path(self.directory)
+        elif trainer.ckpt_path:  # beside the checkpoints' folder: runs/demo/checkpoints/last.ckpt -> runs/demo/export
+            self.path = Path(trainer.ckpt_path).resolve().parent.parent / "export"
+        else:
+            self.path = run_directory(trainer) / "export"
+        staging = self.path / ".parts"
+        if trainer.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        trainer.strategy.barrier()
+        self._parts = {kind: RowParts(staging / kind, trainer.global_rank, ["vectors"]) for kind in ("items", "users")}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
+        if not self.enabled:
+            return
+        kind, rows, vectors = (
+            ("users", prediction["users"], prediction["user_vectors"])
+            if "users" in prediction
+            else ("items", prediction["item_ids"], prediction["item_vectors"])
+        )
+        self._parts[kind].write(rows.cpu().numpy(), {"vectors": vectors.float().cpu().numpy()})
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
+        for parts in self._parts.values():
+            parts.close()
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            self._write(trainer, pl_module)
+        trainer.strategy.barrier()
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.path is not None
+        counts = {"items": pl_module.num_items, "users": pl_module.num_users}
+        for kind, parts in self._parts.items():
+            parts.assemble(trainer.world_size, counts[kind], {"vectors": self.path / f"{kind[:-1]}_vectors.npy"})
+        shutil.rmtree(self.path / ".parts", ignore_errors=True)
+        dataset = trainer.datamodule.dataset
+        items = dataset.items.select(["item", "raw_id", "text"])
+        pq.write_table(items, self.path / "items.parquet")
+        pq.write_table(dataset.users.select(["user", "raw_id"]), self.path / "users.parquet")
+        vectors = np.load(self.path / "item_vectors.npy")
+        settings = {"kind": self.index, "exact_below": self.exact_below}
+        save_index(build_index(vectors, "inner_product", **settings), self.path / "recommend.faiss")
+        save_index(build_index(vectors, "cosine", **settings), self.path / "similar.faiss")
+        manifest = {
+            "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
+            "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
+            "dataset": str(Path(trainer.datamodule.path).resolve()),
+            "dim": int(vectors.shape[1]),
+            "items": counts["items"],
+            "users": counts["users"],
+            "index": settings,
+        }
+        (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"exported {counts['users']:,} users and {counts['items']:,} items to {self.path}")
