@@ -117,7 +117,9 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if all(torch.isfinite(g).all() for g in grads):
+        # a NaN or Inf anywhere makes a gradient's sum non-finite (float64: finite values cannot overflow it);
+        # one reduction per gradient and one check, where isfinite on every element cost a third of an ID model's step
+        if not grads or bool(torch.stack([g.sum(dtype=torch.float64) for g in grads]).isfinite().all()):
             self.consecutive = 0
             return
         for group in optimizer.param_groups:

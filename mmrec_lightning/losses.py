@@ -97,7 +97,7 @@ class SampledSoftmaxLoss(RecommendationLoss):
         if self.item_counts is None or negative_ids is None:
             raise RuntimeError(
                 "SampledSoftmaxLoss(logq_correction=True) needs the training item counts (set_item_counts, called "
-                "by MultimodalRecommender.setup) and the negatives' item ids"
+                "by RecommenderModule.setup) and the negatives' item ids"
             )
         batch_size, num_negatives = negatives.shape[:2]
         log_q = torch.cat(

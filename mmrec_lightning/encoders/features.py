@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mmrec_lightning.data.features import read_features
+from mmrec_lightning.errors import ConfigurationError
 
 
 class ItemFeatures(nn.Module):
@@ -39,6 +40,14 @@ class ItemFeatures(nn.Module):
     @property
     def num_items(self) -> int:
         return self.matrix.shape[0]
+
+    def check_rows(self, num_items: int, key: str) -> None:
+        """Refuse, naming the config ``key`` and the file, a matrix without one row per item of the data."""
+        if self.num_items != num_items:
+            raise ConfigurationError(
+                f"{key}: {self.path} has {self.num_items} rows, but the data has {num_items} items (row i = item "
+                "i); point it at the features of this dataset or extract them again"
+            )
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         """The features ``[B, output_dim]`` of ``item_ids``."""

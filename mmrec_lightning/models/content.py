@@ -21,11 +21,7 @@ def checked_features(num_items: int, **modalities: ItemFeatures | None) -> dict[
             "init_args: {path: <dataset>/features/image_feat.npy}}"
         )
     for modality, matrix in given.items():
-        if matrix.num_items != num_items:
-            raise ConfigurationError(
-                f"model.{modality}_features: {matrix.path} has {matrix.num_items} rows, but the data has "
-                f"{num_items} items (row i = item i); point it at the features of this dataset or extract them again"
-            )
+        matrix.check_rows(num_items, f"model.{modality}_features")
     return given
 
 

@@ -70,11 +70,8 @@ class ItemTower(nn.Module):
         for name, encoder in (("image", image_encoder), ("text", text_encoder)):
             if encoder is None:
                 continue
-            if isinstance(encoder, ItemFeatures) and encoder.num_items != num_items:
-                raise ConfigurationError(
-                    f"model.{name}_encoder: {encoder.path} has {encoder.num_items} rows, but the dataset has "
-                    f"{num_items} items; extract the features for this dataset"
-                )
+            if isinstance(encoder, ItemFeatures):
+                encoder.check_rows(num_items, f"model.{name}_encoder")
             setattr(self, f"{name}_projection", nn.Linear(encoder.output_dim, dim))
             self.modalities.append(name)
             if cache_frozen and encoder.frozen and not isinstance(encoder, ItemFeatures):
