@@ -12,12 +12,12 @@ the exact top-k found by the index; the target is ≥ 0.95. Prints a table and w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+from results_file import publish
 
 from mmrec_lightning.export.index import Metric, build_index, normalized, search
 
@@ -82,18 +82,17 @@ def main() -> None:
         "similar: cosine, HNSW, item queries": compare(items, sample, "cosine", args.k),
     }
     key = f"agreement@{args.k}"
-    print(f"\n{source}; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'index':<44} {'queries':>8} {key:>14} {'exact ms/q':>11} {'ann ms/q':>9} {'speed-up':>9}  target")
+    lines = [
+        f"\n{source}; load average {os.getloadavg()[0]:.1f}",
+        f"{'index':<44} {'queries':>8} {key:>14} {'exact ms/q':>11} {'ann ms/q':>9} {'speed-up':>9}  target",
+    ]
     for name, r in results.items():
         verdict = "PASS" if r[key] >= 0.95 else "FAIL"
-        print(
+        lines.append(
             f"{name:<44} {r['queries']:>8} {r[key]:>14.4f} {r['exact_ms_per_query']:>11.3f} "
             f"{r['approximate_ms_per_query']:>9.3f} {r['speedup']:>8.1f}x  ≥ 0.95 {verdict}"
         )
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"source": source, "k": args.k, "results": results}, indent=2) + "\n")
-    print(f"wrote {output}")
+    publish("\n".join(lines), {"source": source, "k": args.k, "results": results}, args.output)
 
 
 if __name__ == "__main__":

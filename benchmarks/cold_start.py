@@ -13,9 +13,9 @@ worse on warm items. Prints a table and writes ``benchmarks/results/cold_start.j
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from results_file import publish
 from seeds import run, summarise, table
 
 from mmrec_lightning.data.features import feature_file
@@ -86,13 +86,9 @@ def main() -> None:
     ensure_features(DATA)
     summary = evaluate(args.models, args.seeds, [a for a in extra if a != "--"])
     passed = checks(summary)
-    print(f"\nsynthetic cold-start split, seeds {args.seeds}: test metrics, mean ± std\n" + table(summary, COLUMNS))
-    for check, ok in passed.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {check}")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"seeds": args.seeds, "summary": summary, "checks": passed}, indent=2) + "\n")
-    print(f"wrote {output}")
+    lines = [f"\nsynthetic cold-start split, seeds {args.seeds}: test metrics, mean ± std", table(summary, COLUMNS)]
+    lines += [f"{'PASS' if ok else 'FAIL'}  {check}" for check, ok in passed.items()]
+    publish("\n".join(lines), {"seeds": args.seeds, "summary": summary, "checks": passed}, args.output)
 
 
 if __name__ == "__main__":

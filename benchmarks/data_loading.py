@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from results_file import publish
 from timm.data import create_transform
 
 from mmrec_lightning.data.items import ItemContent, ItemPreprocessing
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         **summarise(per_item),
         "load_average": os.getloadavg()[0],
     }
-    print(table(result))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    publish(table(result), result, args.output)
     return result
 
 

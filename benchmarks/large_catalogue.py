@@ -19,12 +19,12 @@ float32) and not the catalogue. Prints a table with the 1-minute load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
+from results_file import publish
 
 from mmrec_lightning.models.base import rank_items
 
@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "load_average": os.getloadavg()[0],
     }
-    print(table(result))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    publish(table(result), result, args.output)
     return result
 
 

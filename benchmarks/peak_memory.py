@@ -22,7 +22,6 @@ explain. Prints a table with the ratio and the 1-minute load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
+from results_file import publish
 
 from mmrec_lightning.data.schema import PreparedDataset, write_prepared
 from mmrec_lightning.data.sources.synthetic import SyntheticSpec, generate
@@ -157,9 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         "explained": (large["state_mb"] - small["state_mb"]) / growth if growth > 0 else 1.0,
         "load_average": os.getloadavg()[0],
     }
-    print(table(result))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    publish(table(result), result, args.output)
     return result
 
 

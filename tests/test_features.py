@@ -86,7 +86,8 @@ def test_a_model_trained_from_features_sees_what_the_frozen_encoders_would_give(
 
 def test_features_with_the_wrong_number_of_rows_are_refused_naming_the_file(tmp_path):
     path = save_features(tmp_path / "image_feat.npy", np.ones((3, 4), np.float32))
-    with pytest.raises(ConfigurationError, match=r"model.image_encoder: .*image_feat.npy has 3 rows, but the data has 40 items"):
+    refused = r"model.image_encoder: .*image_feat.npy has 3 rows, but the data has 40 items"
+    with pytest.raises(ConfigurationError, match=refused):
         MultimodalRecommender(num_users=5, num_items=40, image_encoder=ItemFeatures(str(path)), top_k=[5])
     with pytest.raises(ConfigurationError, match=r"missing.npy: no such feature file; write it with"):
         ItemFeatures(str(tmp_path / "missing.npy"))

@@ -5,7 +5,7 @@ score), ``similar`` by cosine similarity between item vectors (an item's neighbo
 popularity). Each is exact (a flat scan) or approximate. The approximate structure differs by metric,
 because graph search (HNSW) finds cosine neighbours reliably but misses many top inner products when
 vector norms vary (about 0.6 of the exact top-20 on 200,000 clustered vectors), while an inverted file
-(IVF) scanning an eighth of its lists finds about 0.99 of them (``benchmarks/ann_agreement.py``).
+(IVF) scanning an eighth of its lists (at least 32) finds about 0.99 of them (``benchmarks/ann_agreement.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def build_index(vectors: np.ndarray, metric: Metric, kind: IndexKind = "auto", e
         lists = max(1, min(count // 39, int(4 * math.sqrt(count))))  # faiss wants >= 39 training points per list
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
-        index.nprobe = max(1, lists // 8)
+        index.nprobe = min(lists, max(lists // 8, 32))  # small catalogues have few lists: probe at least 32
     index.add(vectors)
     return index
 
