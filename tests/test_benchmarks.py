@@ -23,21 +23,28 @@ def test_seed_summary_is_mean_and_sample_std_per_model_and_metric():
     assert "0.2000 ± 0.1414" in seeds.table(summary)
 
 
-def _summary(**recalls: tuple[float, float]) -> dict:
+def _summary(**models: tuple[float, float, float]) -> dict:
+    names = ("warm/recall@20", "warm/ndcg@20", "cold/recall@20")
     return {
-        name: {"warm/recall@20": {"mean": warm, "std": 0.0}, "cold/recall@20": {"mean": cold, "std": 0.0}}
-        for name, (warm, cold) in recalls.items()
+        name: {metric: {"mean": value, "std": 0.0} for metric, value in zip(names, values, strict=True)}
+        for name, values in models.items()
     }
 
 
-def test_cold_start_checks_need_a_wide_cold_margin_and_no_warm_loss():
-    ok = cold_start.checks(_summary(**{"ID only": (0.30, 0.02), "fused (attention)": (0.31, 0.20)}))
-    assert list(ok.values()) == [True, True]
-    narrow = cold_start.checks(_summary(**{"ID only": (0.30, 0.02), "fused (attention)": (0.30, 0.06)}))
-    assert list(narrow.values()) == [False, True]
-    worse = cold_start.checks(_summary(**{"ID only": (0.30, 0.00), "fused (attention)": (0.29, 0.20)}))
-    assert list(worse.values()) == [True, False]
-    assert cold_start.checks(_summary(**{"BPR-MF": (0.3, 0.0)})) == {}
+def test_cold_start_checks_need_a_wide_cold_margin_and_no_warm_loss_for_each_fused_model():
+    ids = (0.30, 0.15, 0.02)
+    checks = cold_start.checks(
+        _summary(**{"ID only": ids, "fused (attention)": (0.31, 0.16, 0.20), "fused (gated)": (0.30, 0.14, 0.06)})
+    )
+    assert checks == {
+        "fused (attention), cold: Recall@20 >= ID only + 0.05 and >= 3x": True,
+        "fused (attention), warm: recall@20 >= ID only": True,
+        "fused (attention), warm: ndcg@20 >= ID only": True,
+        "fused (gated), cold: Recall@20 >= ID only + 0.05 and >= 3x": False,  # +0.04 only
+        "fused (gated), warm: recall@20 >= ID only": True,
+        "fused (gated), warm: ndcg@20 >= ID only": False,
+    }
+    assert cold_start.checks(_summary(**{"BPR-MF": ids})) == {}
 
 
 def _written(path):
