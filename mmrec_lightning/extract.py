@@ -58,12 +58,7 @@ class FeatureExtractor(L.LightningModule):
         return {name: encoder for name, encoder in pairs if encoder is not None}
 
     def item_preprocessing(self) -> ItemPreprocessing:
-        image, text = self.image_encoder, self.text_encoder
-        return ItemPreprocessing(
-            image_eval=image.transform(train=False) if image is not None else None,
-            tokenizer=text.tokenizer() if text is not None else None,
-            max_text_length=text.max_length if text is not None else 0,
-        )
+        return ItemPreprocessing.of(self.image_encoder, self.text_encoder, augment_images=False)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Each modality's features of the batch's items, zero for items without that content."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_SPEC
+from test_cli import tiny_config
 
 from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.data.datamodule import RecDataModule
@@ -195,7 +196,7 @@ def test_training_lowers_the_loss(cls, featured_dir):
 
 
 @pytest.mark.parametrize("model", ["VBPR", "FREEDOM"])
-def test_train_and_test_through_the_cli_then_reload(model, tmp_path, featured_dir):
+def test_train_and_test_through_the_cli_then_reload(model, tmp_path, featured_dir, tokenizer_dir):
     features = {
         f"{m}_features": {
             "class_path": "mmrec_lightning.encoders.features.ItemFeatures",
@@ -203,18 +204,12 @@ def test_train_and_test_through_the_cli_then_reload(model, tmp_path, featured_di
         }
         for m in ("image", "text")
     }
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}},
-        },
-        "model": {
-            "class_path": f"mmrec_lightning.models.{model}",
-            "init_args": {"embed_dim": EMBED_DIM, "top_k": [5, 20], **features},
-        },
-        "data": {"path": str(featured_dir), "batch_size": 128, "history_length": 0},
-    }  # fmt: skip
+    config = yaml.safe_load(tiny_config(tmp_path, featured_dir, tokenizer_dir).read_text())
+    config["model"] = {
+        "class_path": f"mmrec_lightning.models.{model}",
+        "init_args": {"embed_dim": EMBED_DIM, "top_k": [5, 20], **features},
+    }
+    config["data"].update(batch_size=128, history_length=0)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     cli = RecommenderCLI(args=["fit", "--config", str(path), "--test_after_fit=true"])

@@ -60,6 +60,18 @@ class ItemPreprocessing:
     tokenizer: Any = None
     max_text_length: int = 64
 
+    @classmethod
+    def of(cls, image_encoder: Any = None, text_encoder: Any = None, augment_images: bool = True) -> ItemPreprocessing:
+        """What an ``ImageEncoder`` and a ``TextEncoder`` expect (nothing for one that is None); training images
+        augmented only when ``augment_images``."""
+        image, text = image_encoder, text_encoder
+        return cls(
+            image_train=image.transform(train=augment_images) if image is not None else None,
+            image_eval=image.transform(train=False) if image is not None else None,
+            tokenizer=text.tokenizer() if text is not None else None,
+            max_text_length=text.max_length if text is not None else 0,
+        )
+
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: transparency is composited on white (not on black, which would change the

@@ -87,15 +87,26 @@ class ExportedModel:
             for rank, (score, row) in enumerate(kept, start=1)
         ]
 
+    @cached_property
+    def _dataset(self) -> PreparedDataset:
+        return PreparedDataset(self.manifest["dataset"])
+
+    @cached_property
+    def _user_vectors(self) -> np.ndarray:
+        return np.load(self.path / "user_vectors.npy", mmap_mode="r")
+
+    @cached_property
+    def _item_vectors(self) -> np.ndarray:
+        return np.load(self.path / "item_vectors.npy", mmap_mode="r")
+
     def interacted(self, user: int) -> set[int]:
         """The items a user interacted with in any split of the dataset."""
-        dataset = PreparedDataset(self.manifest["dataset"])
-        return {int(item) for split in SPLITS for item in dataset.split(split).row(user)}
+        return {int(item) for split in SPLITS for item in self._dataset.split(split).row(user)}
 
     def for_user(self, user: str, k: int = 10) -> list[Recommendation]:
         """The top-``k`` items for ``user`` by the model's score, none they have interacted with."""
         row = self._row(self._user_rows, user, "user")
-        vector = np.load(self.path / "user_vectors.npy", mmap_mode="r")[row]
+        vector = self._user_vectors[row]
         seen = self.interacted(row)
         scores, rows = search(self._recommend_index, vector, k + len(seen))
         return self._answer(scores[0], rows[0], seen, k)
@@ -103,7 +114,7 @@ class ExportedModel:
     def similar_items(self, item: str, k: int = 10) -> list[Recommendation]:
         """The ``k`` items nearest to ``item`` by cosine similarity (itself left out)."""
         row = self._row(self._item_rows, item, "item")
-        vector = np.load(self.path / "item_vectors.npy", mmap_mode="r")[row : row + 1]
+        vector = self._item_vectors[row : row + 1]
         scores, rows = search(self._similar_index, normalized(vector), k + 1)
         return self._answer(scores[0], rows[0], {row}, k)
 

@@ -131,12 +131,7 @@ class MultimodalRecommender(RecommenderModule):
         image, text = self.item_tower.image_encoder, self.item_tower.text_encoder
         image = image if isinstance(image, ImageEncoder) else None  # precomputed features need no content
         text = text if isinstance(text, TextEncoder) else None
-        return ItemPreprocessing(
-            image_train=image.transform(train=self.item_tower.augment_images) if image is not None else None,
-            image_eval=image.transform(train=False) if image is not None else None,
-            tokenizer=text.tokenizer() if text is not None else None,
-            max_text_length=text.max_length if text is not None else 0,
-        )
+        return ItemPreprocessing.of(image, text, augment_images=self.item_tower.augment_images)
 
     # --- training ------------------------------------------------------------------------------------
 
@@ -226,13 +221,16 @@ class MultimodalRecommender(RecommenderModule):
         self._weight_chunks, self._weight_table = [], None
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        """As the base class's, plus for users ``modality_weights`` ``[users, K, M]``: each recommended item's
-        fusion weights, in the order of ``modalities`` — which modality placed it where it is."""
+        """As the base class's, plus ``modality_weights``, in the order of ``modalities``: for a catalogue
+        batch each item's fusion weights ``[items, M]``, for users each recommended item's ``[users, K, M]`` —
+        which modality placed it where it is."""
         prediction = super().predict_step(batch, batch_idx, dataloader_idx)
-        if "items" in prediction:
-            if self._weight_table is None:
-                self._weight_table = self._per_item(self._weight_chunks)
-            prediction["modality_weights"] = self._weight_table[prediction["items"]]
+        if "items" not in prediction:
+            prediction["modality_weights"] = self._weight_chunks[-1][1]
+            return prediction
+        if self._weight_table is None:
+            self._weight_table = self._per_item(self._weight_chunks)
+        prediction["modality_weights"] = self._weight_table[prediction["items"]]
         return prediction
 
     def _log_metrics(self, metrics, stage: str) -> None:

@@ -70,23 +70,16 @@ def compute_gallery(
     if not examples:
         return Gallery([], [], None)
     modalities = list(getattr(module, "modalities", []))
-    weights: list[torch.Tensor] = []
-    # predict_step returns only the recommended items' weights; the item tower's output holds every item's
-    tower = getattr(module, "item_tower", None)
-    hook = None
-    if tower is not None:
-        hook = tower.register_forward_hook(lambda _, __, encoded: weights.append(encoded.weights.float()))
-    try:
-        module.on_predict_epoch_start()  # a prediction epoch by hand: start from an empty catalogue table
-        with torch.inference_mode(), trainer.precision_plugin.predict_step_context():
-            for index, batch in enumerate(catalogue_loader):
-                module.predict_step(trainer.strategy.batch_to_device(batch), index, CATALOGUE)
-            batch = trainer.strategy.batch_to_device(users_loader.collate_fn(examples))
-            prediction = module.predict_step(batch, 0, USERS)
-    finally:
-        if hook is not None:
-            hook.remove()
-    histogram = _histogram(trainer, modalities, weights, module.device) if tower is not None else None
+    weights: list[torch.Tensor] = []  # every catalogue item's modality weights, for multimodal models
+    module.on_predict_epoch_start()  # a prediction epoch by hand: start from an empty catalogue table
+    with torch.inference_mode(), trainer.precision_plugin.predict_step_context():
+        for index, batch in enumerate(catalogue_loader):
+            encoded = module.predict_step(trainer.strategy.batch_to_device(batch), index, CATALOGUE)
+            if "modality_weights" in encoded:
+                weights.append(encoded["modality_weights"].float())
+        batch = trainer.strategy.batch_to_device(users_loader.collate_fn(examples))
+        prediction = module.predict_step(batch, 0, USERS)
+    histogram = _histogram(trainer, modalities, weights, module.device) if modalities else None
     items = prediction["items"][:, :top_k].tolist()
     scores = prediction["scores"][:, :top_k].tolist()
     item_weights = prediction.get("modality_weights")
