@@ -2,7 +2,8 @@
 
 Each head's ``loss`` is a mean over the batch's examples for its task, and exactly zero when the batch has
 none (no known category, no item with both an image and a text, no rated interaction); that zero is still
-computed from the head's parameters, so under DDP every parameter takes part in every step.
+computed from the head's parameters, so under DDP every parameter takes part in every step. Examples
+without a label are masked rather than selected, so no loss waits on the GPU to learn how many there are.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ class CategoryHead(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_categories))
 
     def loss(self, item_vectors: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        known = categories >= 0
-        logits = self.classifier(item_vectors[known]).float()
-        return _mean(F.cross_entropy(logits, categories[known], reduction="sum"), known.sum())
+        logits = self.classifier(item_vectors).float()
+        total = F.cross_entropy(logits, categories, ignore_index=-1, reduction="sum")
+        return _mean(total, (categories >= 0).sum())
 
 
 CategoryHeadFactory = Callable[[int, int], CategoryHead]
@@ -59,13 +60,19 @@ class ImageTextContrastiveHead(nn.Module):
         else:
             self.register_buffer("log_scale", log_scale)
 
-    def loss(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """``image`` and ``text`` ``[N, D]``: row i of each belongs to the same item (items having both)."""
+    def loss(self, image: torch.Tensor, text: torch.Tensor, both: torch.Tensor | None = None) -> torch.Tensor:
+        """``image`` and ``text`` ``[N, D]``: row i of each belongs to the same item; ``both`` ``[N]`` marks
+        the items that have both (default all), the only ones that take part."""
+        both = torch.ones(len(image), dtype=torch.bool, device=image.device) if both is None else both
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
         logits = scale * F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
+        # an item without both is no candidate for the others, and its own row and column keep only its
+        # diagonal, which makes its loss exactly 0
         targets = torch.arange(len(logits), device=logits.device)
+        kept = (both.unsqueeze(0) & both.unsqueeze(1)) | (targets.unsqueeze(0) == targets.unsqueeze(1))
+        logits = logits.masked_fill(~kept, float("-inf"))
         total = F.cross_entropy(logits, targets, reduction="sum") + F.cross_entropy(logits.T, targets, reduction="sum")
-        return total / (2 * max(len(logits), 1))
+        return _mean(total, 2 * both.sum())
 
 
 class RatingHead(nn.Module):
@@ -91,9 +98,10 @@ class RatingHead(nn.Module):
 
     def loss(self, user: torch.Tensor, item: torch.Tensor, ratings: torch.Tensor) -> torch.Tensor:
         known = ~torch.isnan(ratings)
-        logits = self(user[known], item[known]).float()
-        labels = (ratings[known] >= self.threshold).float()
-        return _mean(F.binary_cross_entropy_with_logits(logits, labels, reduction="sum"), known.sum())
+        logits = self(user, item).float()
+        labels = (ratings >= self.threshold).float()  # NaN >= t is False: a label, weighted 0 below
+        total = F.binary_cross_entropy_with_logits(logits, labels, weight=known.float(), reduction="sum")
+        return _mean(total, known.sum())
 
 
 RatingHeadFactory = Callable[[int], RatingHead]

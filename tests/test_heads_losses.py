@@ -56,6 +56,19 @@ def test_contrastive_loss_is_symmetric_infonce_over_cosine_similarities():
     assert list(head.parameters()) == []
 
 
+def test_contrastive_loss_over_the_items_with_both_equals_the_loss_of_those_items_alone():
+    torch.manual_seed(0)
+    head = ImageTextContrastiveHead(temperature=0.2)
+    image, text = torch.randn(5, 3), torch.randn(5, 3)
+    both = torch.tensor([True, False, True, True, False])
+    masked = head.loss(image, text, both)
+    assert masked.item() == pytest.approx(head.loss(image[both], text[both]).item(), rel=1e-6)
+    none = head.loss(image, text, torch.zeros(5, dtype=torch.bool))
+    assert none.item() == 0.0
+    none.backward()
+    assert head.log_scale.grad is not None
+
+
 def test_contrastive_temperature_is_learned_when_asked():
     head = ImageTextContrastiveHead(temperature=0.1)
     torch.manual_seed(0)

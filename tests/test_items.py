@@ -58,3 +58,20 @@ def test_the_loader_decodes_at_the_scale_an_image_transform_asks_for(synthetic_d
         batch = content.load(items, train=False)
         assert sizes and set(sizes) == {(expected, expected)}
         assert len(sizes) == int(batch["image_mask"].sum())
+
+
+def test_texts_are_padded_to_a_multiple_of_8_tokens_never_past_max_length(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from mmrec_lightning.data.items import text_batch
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    texts = ["wooden lamp", "a red ceramic mug made of clay, great gift, ships fast and well packed indeed"]
+    longest = max(len(tokenizer(t)["input_ids"]) for t in texts)
+    assert longest % 8 and longest > 13  # so that padding and truncation both show
+    for max_length in (8 * ((longest + 7) // 8) + 8, 16, 13):
+        tokens = text_batch(texts, ItemPreprocessing(tokenizer=tokenizer, max_text_length=max_length))["input_ids"]
+        expected = min(longest, max_length)
+        if max_length % 8 == 0:
+            expected = 8 * ((expected + 7) // 8)
+        assert tokens.shape == (2, expected)

@@ -183,8 +183,16 @@ def image_batch(images: Sequence[Image.Image | None], transform: Callable[[Image
 def text_batch(texts: Sequence[str | None], preprocessing: ItemPreprocessing) -> dict:
     """Token ids, attention mask and ``text_mask`` (whether anything is left after cleaning) of ``texts``."""
     cleaned = [clean_text(text) or "" for text in texts]
+    length = preprocessing.max_text_length
+    # padded to a multiple of 8 (when that cannot pass max_length): batches then take a few shapes, whose
+    # cuDNN attention graphs and convolution plans are built once, not every step (and tensor cores like 8)
     tokens = preprocessing.tokenizer(
-        cleaned, padding=True, truncation=True, max_length=preprocessing.max_text_length, return_tensors="pt"
+        cleaned,
+        padding=True,
+        truncation=True,
+        max_length=length,
+        pad_to_multiple_of=8 if length % 8 == 0 else None,
+        return_tensors="pt",
     )
     mask = torch.tensor([bool(text) for text in cleaned])
     return {"text_mask": mask, "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}

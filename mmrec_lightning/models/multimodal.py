@@ -174,8 +174,8 @@ class MultimodalRecommender(RecommenderModule):
         if self.contrastive_head is not None:
             image, text = self.modalities.index("image"), self.modalities.index("text")
             both = encoded.available[:, image] & encoded.available[:, text]
-            h = encoded.modality_vectors[both]
-            losses["contrastive"] = self.contrastive_head.loss(h[:, image], h[:, text])
+            h = encoded.modality_vectors
+            losses["contrastive"] = self.contrastive_head.loss(h[:, image], h[:, text], both)
         if self.rating_head is not None:
             losses["rating"] = self.rating_head.loss(user, encoded.vectors[batch["positives"]], batch["ratings"])
         return losses
