@@ -29,7 +29,8 @@ class RecommendationLoss(nn.Module):
 def _scores(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(s⁺ ``[B, 1]``, s⁻ ``[B, N]``) in float32."""
     user, positive, negatives = user.float(), positive.float(), negatives.float()
-    return (user * positive).sum(-1, keepdim=True), torch.einsum("bd,bnd->bn", user, negatives)
+    # vecdot rather than einsum: on CPU einsum's batched product of 1-row matrices is 4-10x slower
+    return torch.linalg.vecdot(user, positive).unsqueeze(-1), torch.linalg.vecdot(user.unsqueeze(1), negatives)
 
 
 class BPRLoss(RecommendationLoss):

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+import types
+import warnings
 
 import lightning as L
 import pytest
@@ -56,6 +58,23 @@ def test_a_non_finite_step_is_skipped_and_counted(synthetic_dir, tmp_path):
     for a, b in zip(clean.parameters(), poisoned.parameters(), strict=True):
         assert torch.isfinite(b).all()
         assert not torch.equal(a, b)  # one update fewer, and no NaN reached the weights
+
+
+@pytest.mark.parametrize(
+    "value, skipped", [(float("nan"), True), (float("inf"), True), (-float("inf"), True), (3e38, False)]
+)
+def test_the_guard_skips_a_step_for_one_non_finite_gradient_element_only(value, skipped):
+    parameters = [torch.nn.Parameter(torch.zeros(1000)), torch.nn.Parameter(torch.zeros(0))]
+    parameters[0].grad = torch.full((1000,), 3e38)  # finite, but its sum overflows float32
+    parameters[0].grad[637] = value
+    parameters[1].grad = torch.zeros(0)
+    optimizer = torch.optim.SGD(parameters, lr=0.1)
+    guard = NonFiniteGuard()
+    trainer = types.SimpleNamespace(global_step=0, checkpoint_callback=None)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        guard.on_before_optimizer_step(trainer, None, optimizer)
+    assert (parameters[0].grad is None) == skipped and guard.consecutive == int(skipped)
 
 
 def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_the_checkpoint(synthetic_dir, tmp_path):

@@ -155,3 +155,54 @@ def test_row_parts_from_several_ranks_assemble_in_row_order_and_must_cover_every
     with pytest.raises(RuntimeError, match="do not hold each of 2 rows exactly once"):
         gappy.assemble(1, 2, {"v": tmp_path / "w.npy"})
     assert not (tmp_path / "w.npy").exists()
+
+
+def test_projecting_a_batch_of_items_gives_the_gradients_of_plain_indexing_even_after_another_gather(tmp_path):
+    from mmrec_lightning.models.content import project
+
+    generator = torch.Generator().manual_seed(0)
+    features = ItemFeatures(str(save_features(tmp_path / "f.npy", torch.randn(50, 12, generator=generator).numpy())))
+    weight = torch.randn(4, 12, generator=generator, requires_grad=True)
+    bias = torch.randn(4, generator=generator, requires_grad=True)
+    items, other = torch.tensor([3, 7, 7, 0, 49]), torch.tensor([1, 2])
+    upstream = torch.randn(5, 4, generator=generator)
+
+    expected = torch.autograd.grad(
+        (torch.nn.functional.linear(features.matrix[items], weight, bias) * upstream).sum(), [weight, bias]
+    )
+    for gather_in_between in (False, True):
+        projected = project(features, items, weight, bias)
+        if gather_in_between:  # another projection overwrote the reused rows before this backward
+            project(features, other, weight, bias)
+        got = torch.autograd.grad((projected * upstream).sum(), [weight, bias])
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        projected = project(features, items, weight, bias)
+    assert projected.dtype == torch.bfloat16
+    (grad,) = torch.autograd.grad(projected.float().sum(), [weight])
+    assert grad.dtype == torch.float32
+
+
+def test_bfloat16_features_take_half_the_memory_and_project_to_about_the_float32_result(tmp_path):
+    from mmrec_lightning.models.content import project
+
+    generator = torch.Generator().manual_seed(0)
+    path = str(save_features(tmp_path / "f.npy", torch.randn(60, 32, generator=generator).numpy()))
+    exact, half = ItemFeatures(path), ItemFeatures(path, dtype="bfloat16")
+    assert (
+        half.matrix.element_size() * 2 == exact.matrix.element_size() and half(torch.tensor([1])).dtype == torch.float32
+    )
+    weight = torch.randn(8, 32, generator=generator, requires_grad=True)
+    bias = torch.randn(8, generator=generator, requires_grad=True)
+    items = torch.tensor([5, 0, 59, 5, 17])
+    outputs, grads = [], []
+    for features in (exact, half):
+        projected = project(features, items, weight, bias)
+        assert projected.dtype == torch.float32 and project(features, None, weight, bias).dtype == torch.float32
+        outputs.append(projected)
+        grads.append(torch.autograd.grad(projected.square().sum(), [weight, bias]))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0.02, atol=0.05)
+    for a, b in zip(grads[1], grads[0], strict=True):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.03, atol=0.3)

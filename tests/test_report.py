@@ -273,7 +273,7 @@ def test_chromium_renders_the_report_with_its_thumbnails(tmp_path, synthetic_dir
     report = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ReportWriter)).path
     shot = screenshot(chromium, report, tmp_path / "report.png")
     assert shot.shape[:2] == (SCREEN[1], SCREEN[0])
-    assert (shot.min(axis=2) < 200).mean() > 0.05  # not a blank page
+    assert (shot.min(axis=2) < 200).mean() > 0.02  # not a blank page (a page of text and plots: about 0.05)
     # the plots use some of the same colours: compare with the page without its thumbnails
     bare = report.with_name("bare.html")
     bare.write_text(re.sub(r"<img alt='item \d+' src='[^']*'>", "", report.read_text()))

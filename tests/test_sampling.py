@@ -13,14 +13,14 @@ def _dataset(train, num_negatives=5, history_length=4, seed=0):
 def test_a_user_who_saw_every_item_has_no_negative(synthetic_dir):
     train = PreparedDataset(synthetic_dir).split("train")
     dataset = TrainInteractions(train, num_items=int(train.items.max()) + 1, num_negatives=1, history_length=1, seed=0)
-    dataset._full_users = np.array([int(dataset[(0, 0)]["users"][0])])
+    dataset._full_users = np.array([int(dataset[(np.array([0]), 0)]["users"][0])])
     with pytest.raises(ValueError, match="every item"):
-        dataset[(0, 0)]
+        dataset[(np.array([0]), 0)]
 
 
 def test_training_examples_exclude_the_users_training_items(synthetic_dir):
     train = PreparedDataset(synthetic_dir).split("train")
-    batch = _dataset(train).__getitems__([(index, 0) for index in range(len(train.items))])
+    batch = _dataset(train)[(np.arange(len(train.items)), 0)]
     negatives_seen = set()
     for index, user in enumerate(batch["users"]):
         row = train.row(user)
@@ -36,10 +36,10 @@ def test_training_examples_exclude_the_users_training_items(synthetic_dir):
 def test_examples_depend_only_on_seed_epoch_and_index(synthetic_dir):
     train = PreparedDataset(synthetic_dir).split("train")
     a, b = _dataset(train, 3), _dataset(train, 3)
-    keys = [(i, 2) for i in range(7, 40)]
-    assert np.array_equal(a.__getitems__(keys)["negatives"], b.__getitems__(keys)["negatives"])
-    next_epoch = a.__getitems__([(i, 3) for i in range(7, 40)])["negatives"]
-    assert (next_epoch != a.__getitems__(keys)["negatives"]).mean() > 0.8  # a new epoch draws new negatives
+    key = (np.arange(7, 40), 2)
+    assert np.array_equal(a[key]["negatives"], b[key]["negatives"])
+    next_epoch = a[(np.arange(7, 40), 3)]["negatives"]
+    assert (next_epoch != a[key]["negatives"]).mean() > 0.8  # a new epoch draws new negatives
 
 
 @pytest.mark.parametrize(
@@ -47,15 +47,16 @@ def test_examples_depend_only_on_seed_epoch_and_index(synthetic_dir):
 )
 def test_every_interaction_is_seen_once_per_epoch_across_ranks_in_equal_batch_counts(size, world, batch):
     shards = [EpochSampler(size, batch, num_replicas=world, rank=r, seed=0) for r in range(world)]
-    first = [index for s in shards for index, _ in s]
+    first = [index for s in shards for indices, _ in s for index in indices.tolist()]
+    assert all(len(indices) <= batch for s in shards for indices, _ in s)
     sizes, repeats = shard_sizes(size, world, batch)
     assert len(first) == size + repeats and set(first) == set(range(size))  # none lost
     assert repeats < world  # repeats only to give every rank its last batch
     if (size - 1) // (world * batch) * world * batch + world <= size:
         assert repeats == 0 and sorted(first) == list(range(size))  # each interaction exactly once
-    assert len({-(-len(s) // batch) for s in shards}) == 1  # every rank runs the same number of batches
+    assert len({len(s) for s in shards}) == 1 == len({len(list(s)) for s in shards})  # equal batch counts
     for s in shards:
         s.set_epoch(1)
-    second = [index for s in shards for index, _ in s]
+    second = [index for s in shards for indices, _ in s for index in indices.tolist()]
     assert set(second) == set(first) and second != first
     assert {epoch for s in shards for _, epoch in s} == {1}

@@ -160,8 +160,8 @@ class RecDataModule(L.LightningDataModule):
         world_size, rank = self._world
         sampler = EpochSampler(len(dataset), hp.batch_size, num_replicas=world_size, rank=rank, seed=hp.seed)
         collate = TrainCollator(self._content(), hp.seed)
-        return self._loader(
-            dataset, hp.batch_size, collate, sampler, loader=ResumableDataLoader, progress=self._batches_trained
+        return self._loader(  # the sampler yields whole batches
+            dataset, None, collate, sampler, loader=ResumableDataLoader, progress=self._batches_trained
         )
 
     def catalogue_dataloader(self) -> DataLoader:

@@ -6,6 +6,7 @@ batch (batches share popular items), in the loader's worker processes.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -49,9 +50,9 @@ class TrainInteractions(Dataset):
     among the user's training items, the user's preceding history in time, and the interaction's rating
     where the split has ratings.
 
-    Indexed by ``(index, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`) and fetched a
-    batch at a time (``__getitems__``, vectorised): negatives are drawn from a generator seeded by
-    (seed, epoch, first index of the batch), so batches do not depend on the number of workers.
+    Indexed a batch at a time by ``(indices, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`),
+    vectorised: negatives are drawn from a generator seeded by (seed, epoch, first index of the batch), so
+    batches do not depend on the number of workers.
     """
 
     def __init__(self, train: SplitIndex, num_items: int, num_negatives: int, history_length: int, seed: int) -> None:
@@ -60,15 +61,12 @@ class TrainInteractions(Dataset):
         self.num_negatives = num_negatives
         self.history_length = history_length
         self.seed = seed
-        users = np.repeat(np.arange(len(train.indptr) - 1, dtype=np.int64), train.lengths())
-        self._seen = np.sort(users * num_items + train.items)  # (user, item) keys, for negative rejection
+        self._users = np.repeat(np.arange(len(train.indptr) - 1, dtype=np.int64), train.lengths())  # per interaction
+        self._seen = np.sort(self._users * num_items + train.items)  # (user, item) keys, for negative rejection
         self._full_users = np.flatnonzero(train.lengths() >= num_items)
 
     def __len__(self) -> int:
         return len(self.train.items)
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, np.ndarray]:
-        return self.__getitems__([key])
 
     def _is_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = users * self.num_items + items
@@ -87,11 +85,12 @@ class TrainInteractions(Dataset):
             redraw[redraw] = self._is_seen(users[redraw], negatives[redraw])
         return negatives.reshape(-1, self.num_negatives)
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> dict[str, np.ndarray]:
-        index = np.fromiter((k[0] for k in keys), dtype=np.int64, count=len(keys))
-        epoch = keys[0][1]
+    def __getitem__(self, key: tuple[np.ndarray, int]) -> dict[str, np.ndarray]:
+        """The batch of the interactions at ``indices`` in ``epoch``, ``key = (indices, epoch)``."""
+        indices, epoch = key
+        index = np.asarray(indices, dtype=np.int64)
         train = self.train
-        users = np.searchsorted(train.indptr, index, side="right") - 1
+        users = self._users[index]
         starts = train.indptr[users]
         positions = index[:, None] + np.arange(-self.history_length, 0)[None, :]
         history_mask = positions >= starts[:, None]
@@ -132,7 +131,8 @@ class TrainCollator:
         history_index = np.zeros_like(history)
         history_index[mask] = inverse[n + k :]
         index, epoch = batch["key"]
-        with seeded_augmentation(self.seed, epoch, index):
+        augmented = self.content.preprocessing.image_train is not None
+        with seeded_augmentation(self.seed, epoch, index) if augmented else contextlib.nullcontext():
             items = self.content.load(unique, train=True)
         collated = {
             "users": torch.from_numpy(batch["users"]),

@@ -24,15 +24,17 @@ def shard_sizes(size: int, num_replicas: int, batch_size: int) -> tuple[list[int
 
 
 class EpochSampler(DistributedSampler):
-    """Shuffles the training interactions per epoch and shards them over ranks, yielding
-    ``(index, epoch)`` pairs so that the dataset can seed each example's negatives and augmentation from
-    (seed, epoch, index): the data then do not depend on the number of workers, and a resumed run draws
-    exactly what an uninterrupted one would.
+    """Shuffles the training interactions per epoch, shards them over ranks and yields one key per batch,
+    ``(indices, epoch)``, so that the dataset fetches a whole batch in one vectorised call and seeds its
+    negatives and augmentation from (seed, epoch, first index): the data then do not depend on the number
+    of workers, and a resumed run draws exactly what an uninterrupted one would. (Keys per example would
+    cost a Python iteration per interaction, more than the fetch itself for ID models.)
 
     Unlike ``DistributedSampler``, which pads every shard to the same length with repeated examples, it
     sizes the shards (see :func:`shard_sizes`) so that within an epoch each interaction is seen once
     across ranks. It subclasses ``DistributedSampler`` so that Lightning leaves it in place under DDP;
-    Lightning calls ``set_epoch`` on it at the start of every epoch.
+    Lightning calls ``set_epoch`` on it at the start of every epoch. Use it with ``batch_size=None`` in the
+    DataLoader: its items are batches already.
     """
 
     def __init__(
@@ -46,31 +48,32 @@ class EpochSampler(DistributedSampler):
     ) -> None:
         super().__init__(range(dataset_size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.size = dataset_size
+        self.batch_size = batch_size
         sizes, self.repeats = shard_sizes(dataset_size, num_replicas, batch_size)
         self.num_samples = sizes[rank]
         self.start = sum(sizes[:rank])
         self._resume: tuple[int, int] | None = None
 
-    def resume(self, epoch: int, samples_done: int) -> None:
-        """Make the next pass over ``epoch`` start after its first ``samples_done`` samples."""
-        self._resume = (epoch, samples_done)
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Make the next pass over ``epoch`` start after its first ``batches_done`` batches."""
+        self._resume = (epoch, batches_done)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:  # type: ignore[override]
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        order = torch.cat([order, order[: self.repeats]])
+        order = torch.cat([order, order[: self.repeats]])[self.start : self.start + self.num_samples].numpy()
         skip = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             skip = self._resume[1]
         self._resume = None
-        for index in order[self.start + skip : self.start + self.num_samples].tolist():
-            yield index, self.epoch
+        for first in range(skip * self.batch_size, self.num_samples, self.batch_size):
+            yield order[first : first + self.batch_size], self.epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return -(-self.num_samples // self.batch_size)
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -84,7 +87,7 @@ def seeded_augmentation(seed: int, epoch: int, index: int) -> Iterator[None]:
     value = int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, np.uint64)[0] % (2**63))
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(value)
+        torch.default_generator.manual_seed(value)  # torch.manual_seed would also queue seeding every GPU
         random.seed(value)
         try:
             yield
@@ -111,4 +114,4 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches_done": int(self.progress())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume(state["epoch"], state["batches_done"] * self.batch_size)
+        self.sampler.resume(state["epoch"], state["batches_done"])

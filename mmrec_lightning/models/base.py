@@ -57,6 +57,12 @@ def rank_items(
     return best_scores, best_items
 
 
+def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an integer ``index`` of any shape, by ``index_select``: its backward (``index_add_``)
+    is several times cheaper on CPU than that of advanced indexing (``index_put_`` with accumulation)."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
 def hits_of(top_items: torch.Tensor, target_rows: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
     """``[users, k]`` bool: whether each ranked item is one of the user's (row, item) targets."""
     hits = torch.zeros(top_items.shape, dtype=torch.long, device=top_items.device)

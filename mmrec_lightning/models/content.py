@@ -25,18 +25,45 @@ def checked_features(num_items: int, **modalities: ItemFeatures | None) -> dict[
     return given
 
 
-GATHER_ROWS = 256  # items whose features are gathered at once when a batch is projected
+class _GatheredLinear(torch.autograd.Function):
+    """``F.linear(features(items), weight, bias)`` with the gathered rows in ``features``' reused block (see
+    ``ItemFeatures.gather``): one product each way, no per-step allocation of the rows. The backward reuses
+    the rows when no other gather has replaced them since, and gathers them again otherwise."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, features: ItemFeatures, items: torch.Tensor) -> torch.Tensor:
+        rows = features.gather(items)
+        ctx.features, ctx.gather_number = features, features.gathers
+        ctx.save_for_backward(items)
+        ctx.dtypes = weight.dtype, None if bias is None else bias.dtype
+        return _linear(rows, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (items,) = ctx.saved_tensors
+        features = ctx.features
+        rows = features._gathered[: len(items)] if features.gathers == ctx.gather_number else features.gather(items)
+        grad = grad.to(rows.dtype)  # under autocast the output, and so its gradient, is in the lower precision
+        weight_dtype, bias_dtype = ctx.dtypes
+        grad_weight = (grad.T @ rows).to(weight_dtype) if ctx.needs_input_grad[0] else None
+        grad_bias = grad.sum(0).to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[1] else None
+        return grad_weight, grad_bias, None, None
+
+
+def _linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` in the features' dtype (bfloat16 features: a bfloat16 product, float32 accumulation),
+    returned in the weight's."""
+    if rows.dtype == weight.dtype:
+        return F.linear(rows, weight, bias)
+    bias = None if bias is None else bias.to(rows.dtype)
+    return F.linear(rows, weight.to(rows.dtype), bias).to(weight.dtype)
 
 
 def project(
     features: ItemFeatures, items: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``F.linear(features(items), weight, bias)``: the projected features of ``items``, or of every item when
-    None. A batch's rows are gathered ``GATHER_ROWS`` at a time: blocks of a few MB are reused by the
-    allocator, whereas a batch's whole block (tens of MB for 4,096-d features) is mapped afresh every step,
-    and faulting its pages in cost as much as the product itself on CPU. (``index_select`` rather than
-    ``features(chunk)``'s indexing: it copies rows faster.)"""
+    None."""
     if items is None:
-        return F.linear(features.matrix, weight, bias)
-    chunks = items.split(GATHER_ROWS)
-    return torch.cat([F.linear(features.matrix.index_select(0, chunk), weight, bias) for chunk in chunks])
+        return _linear(features.matrix, weight, bias)
+    return _GatheredLinear.apply(weight, bias, features, items)

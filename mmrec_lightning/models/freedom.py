@@ -13,9 +13,11 @@ from torch import nn
 from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.losses import RecommendationLoss
+from mmrec_lightning.models.base import rows
 from mmrec_lightning.models.content import checked_features, project
 from mmrec_lightning.models.id_based import (
     LightGCN,
+    Scored,
     SparseMatmul,
     bipartite_adjacency,
     compact_csr,
@@ -171,7 +173,7 @@ class FREEDOM(LightGCN):
         train = self.trainer.datamodule.train_split
         self._edges = interaction_edges(train.indptr, train.items, self.num_users)
         if self.item_graph is None:  # frozen: built once, from the features alone
-            matrices = {modality: f.matrix.to(self.device) for modality, f in self.features.items()}
+            matrices = {modality: f.matrix.float().to(self.device) for modality, f in self.features.items()}
             graph = item_item_graph(matrices, self.knn_k, self.image_weight)
             self.item_graph, self.item_graph_transpose = graph, compact_csr(graph.t())
 
@@ -203,15 +205,15 @@ class FREEDOM(LightGCN):
         users, items = self.propagate(self.train_graph if self.training else self.graph)
         return users, items + self.item_item_vectors()
 
-    def regularization(self, batch: dict, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+    def regularization(self, batch: dict, scored: Scored) -> torch.Tensor:
         """``reg_weight`` x the recommendation loss of the users against each modality's projected features of
         the batch's items."""
         ids, positives, negatives = batch["items"]["item_ids"], batch["positives"], batch["negatives"]
-        total = user_vectors.new_zeros(())
+        total = scored.users.new_zeros(())
         for name, features in self.features.items():
             projection = self.projections[name]
             projected = project(features, ids, projection.weight, projection.bias)
             total = total + self.loss(
-                user_vectors, projected[positives], projected[negatives], ids[positives], ids[negatives]
+                scored.users, rows(projected, positives), rows(projected, negatives), ids[positives], ids[negatives]
             )
         return self.reg_weight * total

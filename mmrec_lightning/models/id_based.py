@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from mmrec_lightning.losses import BPRLoss, RecommendationLoss
-from mmrec_lightning.models.base import RecommenderModule
+from mmrec_lightning.models.base import RecommenderModule, rows
+
+
+class Scored(NamedTuple):
+    """The vectors a training batch scores: its users ``[B, D]``, their positives ``[B, D]`` and their
+    sampled negatives ``[B, N, D]``."""
+
+    users: torch.Tensor
+    positives: torch.Tensor
+    negatives: torch.Tensor
 
 
 class MatrixFactorization(RecommenderModule):
@@ -60,20 +71,18 @@ class MatrixFactorization(RecommenderModule):
         # index_select: its backward (index_add) is much cheaper than that of advanced indexing on CPU
         return user_table.index_select(0, users), item_table.index_select(0, items)
 
-    def regularization(self, batch: dict, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+    def regularization(self, batch: dict, scored: Scored) -> torch.Tensor:
         """The term added to the recommendation loss: ``reg_weight`` x the L2 penalty of the vectors each
         (user, positive, negative) of the batch scores (here the embeddings themselves)."""
-        scored = [user_vectors, item_vectors[batch["positives"]], item_vectors[batch["negatives"]]]
-        return self.reg_weight * l2_penalty(scored, len(user_vectors))
+        return self.reg_weight * l2_penalty(list(scored), len(scored.users))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         users, item_ids = batch["users"], batch["items"]["item_ids"]
         user_vectors, item_vectors = self.batch_vectors(users, item_ids)
         positives, negatives = batch["positives"], batch["negatives"]
-        rec_loss = self.loss(
-            user_vectors, item_vectors[positives], item_vectors[negatives], item_ids[positives], item_ids[negatives]
-        )
-        loss = rec_loss + self.regularization(batch, user_vectors, item_vectors)
+        scored = Scored(user_vectors, rows(item_vectors, positives), rows(item_vectors, negatives))
+        rec_loss = self.loss(*scored, item_ids[positives], item_ids[negatives])
+        loss = rec_loss + self.regularization(batch, scored)
         self.log("train/rec_loss", rec_loss, prog_bar=True, batch_size=len(users))
         self.log("train/loss", loss, batch_size=len(users))
         return loss
@@ -110,15 +119,15 @@ class LightGCN(MatrixFactorization):
         train = self.trainer.datamodule.train_split
         self.graph = normalized_adjacency(train.indptr, train.items, self.num_users, self.num_items).to(self.device)
 
-    def regularization(self, batch: dict, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+    def regularization(self, batch: dict, scored: Scored) -> torch.Tensor:
         """``reg_weight`` x the L2 penalty of the layer-0 embeddings of each (user, positive, negative)."""
         item_ids = batch["items"]["item_ids"]
         ego = [
-            self.user_embedding(batch["users"]),
-            self.item_embedding(item_ids[batch["positives"]]),
-            self.item_embedding(item_ids[batch["negatives"]]),
+            rows(self.user_embedding.weight, batch["users"]),
+            rows(self.item_embedding.weight, item_ids[batch["positives"]]),
+            rows(self.item_embedding.weight, item_ids[batch["negatives"]]),
         ]
-        return self.reg_weight * l2_penalty(ego, len(user_vectors))
+        return self.reg_weight * l2_penalty(ego, len(scored.users))
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.propagate(self.graph)

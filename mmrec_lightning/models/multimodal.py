@@ -17,7 +17,7 @@ from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
 from mmrec_lightning.heads import CategoryHead, CategoryHeadFactory, ImageTextContrastiveHead, RatingHeadFactory
 from mmrec_lightning.losses import BPRLoss, RecommendationLoss, TaskWeighting
-from mmrec_lightning.models.base import RecommenderModule
+from mmrec_lightning.models.base import RecommenderModule, rows
 from mmrec_lightning.models.item_tower import ItemEncoding, ItemTower
 
 
@@ -146,9 +146,10 @@ class MultimodalRecommender(RecommenderModule):
         items = batch["items"]
         encoded = self.item_tower(items)
         vectors, ids = encoded.vectors, items["item_ids"]
-        user = self.user_tower(batch["users"], vectors[batch["history"]], batch["history_mask"], batch["stats"])
+        history = rows(vectors, batch["history"])
+        user = self.user_tower(batch["users"], history, batch["history_mask"], batch["stats"])
         positives, negatives = batch["positives"], batch["negatives"]
-        rec_loss = self.loss(user, vectors[positives], vectors[negatives], ids[positives], ids[negatives])
+        rec_loss = self.loss(user, rows(vectors, positives), rows(vectors, negatives), ids[positives], ids[negatives])
         size = len(batch["users"])
         self.log("train/rec_loss", rec_loss, prog_bar=True, batch_size=size)
         loss = rec_loss
@@ -177,7 +178,7 @@ class MultimodalRecommender(RecommenderModule):
             h = encoded.modality_vectors
             losses["contrastive"] = self.contrastive_head.loss(h[:, image], h[:, text], both)
         if self.rating_head is not None:
-            losses["rating"] = self.rating_head.loss(user, encoded.vectors[batch["positives"]], batch["ratings"])
+            losses["rating"] = self.rating_head.loss(user, rows(encoded.vectors, batch["positives"]), batch["ratings"])
         return losses
 
     def parameter_groups(self) -> list[dict]:

@@ -8,6 +8,7 @@ from torch import nn
 
 from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.losses import RecommendationLoss
+from mmrec_lightning.models.base import rows
 from mmrec_lightning.models.content import checked_features, project
 from mmrec_lightning.models.id_based import MatrixFactorization
 
@@ -88,6 +89,8 @@ class VBPR(MatrixFactorization):
         return users, torch.cat([self.item_embedding.weight, self.project()], dim=1)
 
     def batch_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        user_vectors = torch.cat([self.user_embedding(users), self.user_content_embedding(users)], dim=1)
-        item_vectors = torch.cat([self.item_embedding(items), self.project(items)], dim=1)
+        user_vectors = torch.cat(
+            [rows(self.user_embedding.weight, users), rows(self.user_content_embedding.weight, users)], dim=1
+        )
+        item_vectors = torch.cat([rows(self.item_embedding.weight, items), self.project(items)], dim=1)
         return self.dropout(user_vectors), self.dropout(item_vectors)
