@@ -101,11 +101,12 @@ class RecommenderCLI(LightningCLI):
         parser.add_lightning_class_args(VectorExporter, "export")  # on with `python -m mmrec_lightning export`
         parser.add_argument(
             "--float32_matmul_precision",
-            type=Literal["highest", "high", "medium"],
-            default="highest",
-            help="torch.set_float32_matmul_precision: 'high' lets NVIDIA GPUs multiply float32 matrices in TF32, "
-            "'medium' in bfloat16 (also CPUs with AMX, e.g. Xeon Sapphire Rapids), with float32 accumulation: "
-            "several times faster products whose inputs are rounded to 10 or 8 bits of mantissa",
+            type=Literal["highest", "high", "medium"] | None,
+            default=None,
+            help="torch.set_float32_matmul_precision (default: leave it as it is, 'highest' unless set): 'high' "
+            "lets NVIDIA GPUs multiply float32 matrices in TF32, 'medium' in bfloat16 (also CPUs with AMX, e.g. "
+            "Xeon Sapphire Rapids), with float32 accumulation: several times faster products whose inputs are "
+            "rounded to 10 or 8 bits of mantissa",
         )
         parser.add_argument(
             "--test_after_fit",
@@ -117,7 +118,8 @@ class RecommenderCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        torch.set_float32_matmul_precision(config.float32_matmul_precision)
+        if config.float32_matmul_precision is not None:
+            torch.set_float32_matmul_precision(config.float32_matmul_precision)
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit:

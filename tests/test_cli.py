@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -192,8 +193,10 @@ def test_wandb_offline_run_receives_the_config(tmp_path, synthetic_dir, tokenize
     RecommenderCLI(args=["fit", "--config", str(config)])
     wandb.finish()
     (run_file,) = (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")  # synced later by `wandb sync`
-    recorded = run_file.read_bytes()
-    assert b"test_efficientnet" in recorded and b"alpha_image" in recorded
+    deadline = time.monotonic() + 60  # W&B's service process writes the file behind the run; give it time
+    while not (b"test_efficientnet" in (recorded := run_file.read_bytes()) and b"alpha_image" in recorded):
+        assert time.monotonic() < deadline, f"{run_file} lacks the config or the metrics: {recorded[:200]!r}"
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("model", ["MatrixFactorization", "LightGCN"])

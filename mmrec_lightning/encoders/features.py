@@ -67,6 +67,10 @@ class ItemFeatures(nn.Module):
         self.gathers += 1
         return torch.index_select(self.matrix, 0, item_ids, out=block[: len(item_ids)])
 
+    def gathered(self, item_ids: torch.Tensor, number: int) -> torch.Tensor:
+        """The rows ``gather`` number ``number`` returned, gathered again if another gather has come since."""
+        return self._gathered[: len(item_ids)] if number == self.gathers else self.gather(item_ids)
+
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         """The features ``[B, output_dim]`` of ``item_ids``, in float32."""
         return self.matrix[item_ids].float()

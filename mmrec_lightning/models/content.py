@@ -41,8 +41,7 @@ class _GatheredLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (items,) = ctx.saved_tensors
-        features = ctx.features
-        rows = features._gathered[: len(items)] if features.gathers == ctx.gather_number else features.gather(items)
+        rows = ctx.features.gathered(items, ctx.gather_number)
         grad = grad.to(rows.dtype)  # under autocast the output, and so its gradient, is in the lower precision
         weight_dtype, bias_dtype = ctx.dtypes
         grad_weight = (grad.T @ rows).to(weight_dtype) if ctx.needs_input_grad[0] else None
