@@ -35,6 +35,7 @@ class CategoryHead(nn.Module):
 
     def loss(self, item_vectors: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(item_vectors).float()
+        categories = categories.clamp(min=-1)  # any negative category is unknown
         total = F.cross_entropy(logits, categories, ignore_index=-1, reduction="sum")
         return _mean(total, (categories >= 0).sum())
 

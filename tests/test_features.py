@@ -177,6 +177,12 @@ def test_projecting_a_batch_of_items_gives_the_gradients_of_plain_indexing_even_
         got = torch.autograd.grad((projected * upstream).sum(), [weight, bias])
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b)
+    features.double()  # a cast after a gather: the next one must use a block of the new dtype
+    double = project(features, items, weight.double(), bias.double())
+    torch.testing.assert_close(
+        double, torch.nn.functional.linear(features.matrix[items], weight.double(), bias.double())
+    )
+    features.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         projected = project(features, items, weight, bias)
     assert projected.dtype == torch.bfloat16
@@ -206,3 +212,22 @@ def test_bfloat16_features_take_half_the_memory_and_project_to_about_the_float32
     for a, b in zip(grads[1], grads[0], strict=True):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=0.03, atol=0.3)
+
+
+def test_a_compiled_projection_still_sees_a_gather_that_replaced_its_rows(tmp_path):
+    from mmrec_lightning.models.content import project
+
+    generator = torch.Generator().manual_seed(0)
+    features = ItemFeatures(str(save_features(tmp_path / "f.npy", torch.randn(20, 6, generator=generator).numpy())))
+    weight = torch.randn(3, 6, generator=generator, requires_grad=True)
+    items, other = torch.tensor([1, 2, 3]), torch.tensor([10, 11, 12])
+
+    def twice(items: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        projected = project(features, items, weight)
+        project(features, other, weight)  # overwrites the rows the first projection's backward needs
+        return projected.sum()
+
+    torch._dynamo.reset()
+    (got,) = torch.autograd.grad(torch.compile(twice, backend="eager")(items, other), [weight])
+    (expected,) = torch.autograd.grad(torch.nn.functional.linear(features.matrix[items], weight).sum(), [weight])
+    torch.testing.assert_close(got, expected)

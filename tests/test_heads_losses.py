@@ -17,6 +17,7 @@ def test_category_head_is_cross_entropy_over_the_items_with_a_known_category():
         head.classifier[1].bias.zero_()
     vectors = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]])
     loss = head.loss(vectors, torch.tensor([0, 0, -1]))
+    assert head.loss(vectors, torch.tensor([0, 0, -7])).item() == loss.item()  # any negative is unknown
     expected = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(1.0))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 

@@ -62,7 +62,7 @@ class ItemFeatures(nn.Module):
         valid until the next ``gather`` (``gathers`` counts them). On CPU, writing a batch's rows into fresh
         memory cost as much as projecting them: a block of tens of MB is mapped and faulted in anew each time."""
         block = self._gathered
-        if block is None or block.shape[0] < len(item_ids) or block.device != self.matrix.device:
+        if block is None or block.shape[0] < len(item_ids):
             block = self._gathered = self.matrix.new_empty(len(item_ids), self.output_dim)
         self.gathers += 1
         return torch.index_select(self.matrix, 0, item_ids, out=block[: len(item_ids)])
@@ -70,6 +70,10 @@ class ItemFeatures(nn.Module):
     def gathered(self, item_ids: torch.Tensor, number: int) -> torch.Tensor:
         """The rows ``gather`` number ``number`` returned, gathered again if another gather has come since."""
         return self._gathered[: len(item_ids)] if number == self.gathers else self.gather(item_ids)
+
+    def _apply(self, fn, recurse: bool = True):
+        self._gathered = None  # moved or cast: the next gather allocates a block like the matrix, and here
+        return super()._apply(fn, recurse)
 
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         """The features ``[B, output_dim]`` of ``item_ids``, in float32."""

@@ -58,6 +58,7 @@ def _linear(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return F.linear(rows, weight.to(rows.dtype), bias).to(weight.dtype)
 
 
+@torch.compiler.disable  # a traced backward would not see whether the reused rows were replaced since
 def project(
     features: ItemFeatures, items: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
