@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from mmrec_lightning.data.datamodule import RecDataModule
 from mmrec_lightning.data.features import feature_file, record_provenance
 from mmrec_lightning.data.items import ItemPreprocessing
-from mmrec_lightning.data.matrices import RowParts
+from mmrec_lightning.data.matrices import RowParts, finish_parts, start_parts
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.errors import ConfigurationError
@@ -95,24 +95,21 @@ class FeatureWriter(BasePredictionWriter):
         self._parts: RowParts | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: FeatureExtractor) -> None:
-        if trainer.is_global_zero:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        trainer.strategy.barrier()
-        self._parts = RowParts(self.folder, trainer.global_rank, list(pl_module.encoders))
+        self._parts = start_parts(trainer, self.folder, {"features": list(pl_module.encoders)})["features"]
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         rows = prediction.pop("item_ids").cpu().numpy()
         self._parts.write(rows, {name: values.cpu().numpy() for name, values in prediction.items()})
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: FeatureExtractor) -> None:
-        self._parts.close()
-        trainer.strategy.barrier()
-        if trainer.is_global_zero:
+        def assemble() -> None:
             targets = {name: feature_file(self.dataset, name) for name in pl_module.encoders}
             self._parts.assemble(trainer.world_size, trainer.datamodule.num_items, targets)
             for name in targets:
                 record_provenance(self.dataset, name, self.provenance[name])
-        trainer.strategy.barrier()
+            shutil.rmtree(self.folder)
+
+        finish_parts(trainer, [self._parts], assemble)
 
 
 def _parser() -> ArgumentParser:

@@ -55,8 +55,8 @@ def test_extracted_features_equal_a_direct_encode_and_items_without_content_get_
     with torch.no_grad():
         direct_image = image(items["image"]) * items["image_mask"].unsqueeze(1)
         direct_text = text(items["input_ids"], items["attention_mask"]) * items["text_mask"].unsqueeze(1)
-    stored_image = read_features(written["image"], num_items=TINY_SPEC.items)
-    stored_text = read_features(written["text"], num_items=TINY_SPEC.items)
+    stored_image, stored_text = read_features(written["image"]), read_features(written["text"])
+    assert len(stored_image) == len(stored_text) == TINY_SPEC.items
     assert stored_image.shape == (TINY_SPEC.items, image.output_dim)
     np.testing.assert_allclose(stored_image, direct_image.numpy(), atol=1e-5)
     np.testing.assert_allclose(stored_text, direct_text.numpy(), atol=1e-5)
@@ -105,7 +105,7 @@ def test_the_command_line_writes_the_features_of_the_configured_encoders(synthet
             "--accelerator=cpu",
         ]
     )
-    assert read_features(feature_file(data, "text"), PreparedDataset(data).num_items).shape == (TINY_SPEC.items, 32)
+    assert read_features(feature_file(data, "text")).shape == (PreparedDataset(data).num_items, 32)
     assert not feature_file(data, "image").exists()
     with pytest.raises(ConfigurationError, match="give an --image_encoder, a --text_encoder or both"):
         extract_main([f"--data={data}"])

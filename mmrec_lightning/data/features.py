@@ -67,8 +67,9 @@ class SourceFeatures:
         return np.load(self.path, mmap_mode="r")[raw_ids.astype(np.int64)]
 
 
-def read_features(path: str | Path, num_items: int | None = None) -> np.ndarray:
-    """A feature matrix as a read-only memory map, checked to be 2-D numbers with ``num_items`` rows."""
+def read_features(path: str | Path) -> np.ndarray:
+    """A feature matrix as a read-only memory map, checked to be 2-D numbers (its rows are checked against the
+    data where it is used, ``ItemFeatures.check_rows``)."""
     path = Path(path)
     fix = "write it with `python -m mmrec_lightning extract-features` (see docs/models.md)"
     if not path.is_file():
@@ -80,10 +81,5 @@ def read_features(path: str | Path, num_items: int | None = None) -> np.ndarray:
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
         raise ConfigurationError(
             f"{path}: expected an [items, dim] matrix of numbers, got {matrix.dtype} {list(matrix.shape)}"
-        )
-    if num_items is not None and matrix.shape[0] != num_items:
-        raise ConfigurationError(
-            f"{path}: {matrix.shape[0]} rows, but the dataset has {num_items} items (row i = item i); "
-            "extract the features again for this dataset"
         )
     return matrix

@@ -88,6 +88,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")  # convert would copy an RGB image
 
 
+def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
+    """8-bit RGB of an encoded image; a JPEG at least twice ``min_side`` on both sides is decoded at a reduced
+    scale that keeps both sides at least ``min_side``. Raises what PIL raises for bad data, and for a
+    decompression bomb."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not just warn
+        image = Image.open(io.BytesIO(data))
+        if min_side is not None:
+            image.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
+        image.load()
+    return to_rgb(image)
+
+
 def _placeholder(example: torch.Tensor, fill: tuple[int, int, int] | None) -> torch.Tensor:
     """The image of an item without one, shaped like ``example``: ``fill`` for an :class:`ImageTransform`
     (its model's mean colour, which normalises to about zero as the float placeholder did), zeros otherwise."""
@@ -119,17 +132,11 @@ class ItemContent:
         return self._dataset
 
     def _decode(self, item: int, data: bytes, min_side: int | None = None) -> Image.Image | None:
-        """The item's image as 8-bit RGB, or None if it cannot be used (the item then goes without image).
-        A JPEG at least twice ``min_side`` on both sides is decoded at a reduced scale that keeps both sides
-        at least ``min_side``: the transform would throw those pixels away, and decoding them costs most."""
+        """The item's image as 8-bit RGB (see :func:`decode_image`; the transform would throw away the pixels
+        below ``min_side``, and decoding them costs most), or None if it cannot be used (the item then goes
+        without image)."""
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, do not just warn
-                image = Image.open(io.BytesIO(data))
-                if min_side is not None:
-                    image.draft(None, (min_side, min_side))  # a no-op for formats other than JPEG
-                image.load()
-            return to_rgb(image)
+            return decode_image(data, min_side)
         except Exception as error:  # any decoder failure (truncated, corrupt, bomb): use no image
             log.warning("item %d in %s/items.arrow: image unusable (%s); using no image", item, self.path, error)
             return None

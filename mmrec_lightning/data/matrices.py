@@ -4,9 +4,10 @@ one that looks complete, and assembled from pieces computed on several processes
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 
 from mmrec_lightning.atomic import replace_durably, temporary_beside
@@ -87,3 +88,22 @@ class RowParts:
                 writer.abort()
                 raise
         shutil.rmtree(self.folder)
+
+
+def start_parts(trainer: L.Trainer, staging: Path, matrices: Mapping[str, Sequence[str]]) -> dict[str, RowParts]:
+    """This rank's :class:`RowParts` in ``staging / key`` for each ``key: matrix names``, once rank 0 has removed
+    what an earlier, killed run left there."""
+    if trainer.is_global_zero:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.strategy.barrier()
+    return {key: RowParts(staging / key, trainer.global_rank, names) for key, names in matrices.items()}
+
+
+def finish_parts(trainer: L.Trainer, parts: Iterable[RowParts], assemble: Callable[[], None]) -> None:
+    """Close this rank's parts; once every rank has, rank 0 runs ``assemble``, and every rank waits for it."""
+    for part in parts:
+        part.close()
+    trainer.strategy.barrier()
+    if trainer.is_global_zero:
+        assemble()
+    trainer.strategy.barrier()

@@ -76,6 +76,11 @@ class EpochSampler(DistributedSampler):
         return -(-self.num_samples // self.batch_size)
 
 
+def derived_seed(*key: int) -> int:
+    """A torch / Python seed drawn from ``key`` alone (well mixed: nearby keys give unrelated seeds)."""
+    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] % (2**63))
+
+
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng((seed, epoch, index))
 
@@ -84,7 +89,7 @@ def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 def seeded_augmentation(seed: int, epoch: int, index: int) -> Iterator[None]:
     """Seed the generators image transforms draw from (torch's and Python's: timm's crops use ``random``)
     from (seed, epoch, index), restoring both afterwards."""
-    value = int(np.random.SeedSequence((seed, epoch, index)).generate_state(1, np.uint64)[0] % (2**63))
+    value = derived_seed(seed, epoch, index)
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(value)  # torch.manual_seed would also queue seeding every GPU

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mmrec_lightning.callbacks import run_directory
-from mmrec_lightning.data.matrices import RowParts
+from mmrec_lightning.data.matrices import RowParts, finish_parts, start_parts
 from mmrec_lightning.export.index import IndexKind, build_index, save_index
 
 MANIFEST = "export.json"
@@ -60,11 +60,7 @@ class VectorExporter(BasePredictionWriter):
             self.path = Path(trainer.ckpt_path).resolve().parent.parent / "export"
         else:
             self.path = run_directory(trainer) / "export"
-        staging = self.path / ".parts"
-        if trainer.is_global_zero:
-            shutil.rmtree(staging, ignore_errors=True)
-        trainer.strategy.barrier()
-        self._parts = {kind: RowParts(staging / kind, trainer.global_rank, ["vectors"]) for kind in ("items", "users")}
+        self._parts = start_parts(trainer, self.path / ".parts", {"items": ["vectors"], "users": ["vectors"]})
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not self.enabled:
@@ -79,12 +75,7 @@ class VectorExporter(BasePredictionWriter):
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
             return
-        for parts in self._parts.values():
-            parts.close()
-        trainer.strategy.barrier()
-        if trainer.is_global_zero:
-            self._write(trainer, pl_module)
-        trainer.strategy.barrier()
+        finish_parts(trainer, self._parts.values(), lambda: self._write(trainer, pl_module))
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.path is not None

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from mmrec_lightning.data.sampling import derived_seed
 from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.losses import RecommendationLoss
@@ -184,10 +184,10 @@ class FREEDOM(LightGCN):
             raise RuntimeError("FREEDOM needs the training graph: attach it to a Trainer with a RecDataModule")
         if self.edge_dropout == 0:
             return self.graph
-        seed = np.random.SeedSequence((torch.initial_seed(), epoch)).generate_state(1, np.uint64)[0] % (2**63)
+        seed = derived_seed(torch.initial_seed(), epoch)
         users, items = self._edges
         keep = int(len(users) * (1.0 - self.edge_dropout))
-        kept = degree_sensitive_sample(users, items, keep, torch.Generator().manual_seed(int(seed)))
+        kept = degree_sensitive_sample(users, items, keep, torch.Generator().manual_seed(seed))
         return bipartite_adjacency(users[kept], items[kept], self.num_users, self.num_items).to(self.device)
 
     def on_train_epoch_start(self) -> None:

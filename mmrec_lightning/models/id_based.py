@@ -60,6 +60,7 @@ class MatrixFactorization(RecommenderModule):
         self.reg_weight = reg_weight
         self.loss = loss if loss is not None else BPRLoss()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # see _evaluated_embeddings
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The user and item vectors that are scored (the raw embeddings here)."""
@@ -68,8 +69,7 @@ class MatrixFactorization(RecommenderModule):
     def batch_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The vectors of a training batch's users ``[B, D]`` and of its distinct items ``[I, D]``."""
         user_table, item_table = self.embeddings()
-        # index_select: its backward (index_add) is much cheaper than that of advanced indexing on CPU
-        return user_table.index_select(0, users), item_table.index_select(0, items)
+        return rows(user_table, users), rows(item_table, items)
 
     def regularization(self, batch: dict, scored: Scored) -> torch.Tensor:
         """The term added to the recommendation loss: ``reg_weight`` x the L2 penalty of the vectors each
@@ -87,16 +87,22 @@ class MatrixFactorization(RecommenderModule):
         self.log("train/loss", loss, batch_size=len(users))
         return loss
 
+    def _evaluated_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embeddings`, computed once per evaluation, on first use."""
+        if self._eval_embeddings is None:
+            with torch.no_grad():
+                self._eval_embeddings = self.embeddings()
+        return self._eval_embeddings
+
     def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._eval_embeddings[1][items["item_ids"]]
+        return self._evaluated_embeddings()[1][items["item_ids"]]
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
-        return self._eval_embeddings[0][batch["users"]]
+        return self._evaluated_embeddings()[0][batch["users"]]
 
     def _reset_catalogue(self) -> None:
         super()._reset_catalogue()
-        with torch.no_grad():
-            self._eval_embeddings = self.embeddings()
+        self._eval_embeddings = None
 
 
 class LightGCN(MatrixFactorization):
@@ -142,7 +148,7 @@ class LightGCN(MatrixFactorization):
         layer = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         total = layer
         for _ in range(self.num_layers):
-            layer = SymmetricSparseMatmul.apply(graph, layer)
+            layer = SparseMatmul.apply(graph, graph, layer)  # symmetric: the graph is its own transpose
             total = total + layer
         mean = total / (self.num_layers + 1)
         users, items = mean.split([self.num_users, self.num_items])  # whose backward is one cat, not two scatters
@@ -168,18 +174,6 @@ class SparseMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
         return None, None, sparse_product(ctx.transpose, grad)
-
-
-class SymmetricSparseMatmul(torch.autograd.Function):
-    """``A @ x`` for a symmetric sparse ``A``: :class:`SparseMatmul` with ``A`` as its own transpose."""
-
-    @staticmethod
-    def forward(ctx, matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return SparseMatmul.forward(ctx, matrix, matrix, dense)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        return None, SparseMatmul.backward(ctx, grad)[2]
 
 
 def l2_penalty(vectors: list[torch.Tensor], batch_size: int) -> torch.Tensor:

@@ -235,7 +235,7 @@ class MultimodalRecommender(RecommenderModule):
         return prediction
 
     def _log_metrics(self, metrics, stage: str) -> None:
-        if self._weight_chunks:
+        if self._weight_chunks and stage in ("val", "test"):  # not again for the warm and cold groups
             mean = torch.cat([weights for _, weights in self._weight_chunks]).mean(0)
             for name, value in zip(self.modalities, mean, strict=True):
                 self.log(f"{stage}/alpha_{name}", value, sync_dist=True)

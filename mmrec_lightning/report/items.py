@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from PIL import Image
 
+from mmrec_lightning.data.items import decode_image
 from mmrec_lightning.data.schema import PreparedDataset
 
 
@@ -50,8 +51,7 @@ class ItemDisplay:
         if data is None:
             return None
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image = image.convert("RGB")
+            image = decode_image(data, self.thumbnail_size)  # as the model sees it, decoded at reduced scale
         except Exception:  # PIL raises many types for bad data; the report shows the item without its image
             return None
         image.thumbnail((self.thumbnail_size, self.thumbnail_size))

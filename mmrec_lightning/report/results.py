@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 
 METRICS = ("recall", "ndcg", "precision", "map", "hit")
-GROUPS = ("all", "warm", "cold")
 _METRIC_NAME = re.compile(r"^(?:(?P<group>warm|cold)/)?(?P<metric>[a-z]+)@(?P<k>\d+)$")
 
 
