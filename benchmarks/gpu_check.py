@@ -16,13 +16,13 @@ device. Prints a table and writes ``benchmarks/results/gpu_check.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from results_file import publish
 
 from mmrec_lightning.callbacks import NonFiniteGuard
 from mmrec_lightning.data.datamodule import RecDataModule
@@ -245,9 +245,7 @@ def main() -> None:
         ("16-mixed loss, val metrics finite fp32", str(result["fp16_loss_and_metrics_finite_float32"])),
         ("DDP, devices=1", "ok" if result["ddp_devices_1_ok"] else "FAILED"),
     ]
-    print("\n".join(f"{name:40}{value}" for name, value in rows))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    publish("\n".join(f"{name:40}{value}" for name, value in rows), result, args.output)
 
 
 if __name__ == "__main__":

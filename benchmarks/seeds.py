@@ -12,6 +12,8 @@ import json
 import statistics
 from pathlib import Path
 
+from results_file import publish
+
 from mmrec_lightning.callbacks import TestMetricsWriter
 from mmrec_lightning.cli import RecommenderCLI
 
@@ -56,13 +58,12 @@ def main() -> None:
     extra = [a for a in extra if a != "--"]
     runs = [run(args.config, seed, extra) for seed in args.seeds]
     summary = summarise(runs)
-    print(f"\n{args.config}, seeds {args.seeds}: test metrics, mean ± std\n" + table(summary))
-    output = Path(args.output or Path(__file__).parent / "results" / f"seeds-{Path(args.config).stem}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(
-        json.dumps({"config": args.config, "seeds": args.seeds, "summary": summary, "runs": runs}, indent=2)
+    output = args.output or Path(__file__).parent / "results" / f"seeds-{Path(args.config).stem}.json"
+    publish(
+        f"\n{args.config}, seeds {args.seeds}: test metrics, mean ± std\n" + table(summary),
+        {"config": args.config, "seeds": args.seeds, "summary": summary, "runs": runs},
+        output,
     )
-    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

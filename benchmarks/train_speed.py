@@ -31,6 +31,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from results_file import publish
 
 from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.data.features import save_features
@@ -199,14 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     load_after = os.getloadavg()[0]
 
     threads = torch.get_num_threads()
-    print(f"\nseconds per training epoch on {args.data}, fastest of epochs 2-{args.epochs}, {threads} torch threads")
-    print(table(results))
-    print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} cores)")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        f"\nseconds per training epoch on {args.data}, fastest of epochs 2-{args.epochs}, {threads} torch threads\n"
+        f"{table(results)}\n"
+        f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} cores)"
+    )
     summary = {"data": args.data, "epochs": args.epochs, "threads": threads,
                "load_average_1min": {"before": load_before, "after": load_after}, "models": results}  # fmt: skip
-    output.write_text(json.dumps(summary, indent=2) + "\n")
+    publish(text, summary, args.output)
 
 
 if __name__ == "__main__":

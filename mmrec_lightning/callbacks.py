@@ -24,6 +24,8 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mmrec_lightning.atomic import write_atomically
+
 SECRET_KEY = re.compile(r"(api[_-]?key|token|password|secret)", re.IGNORECASE)
 
 
@@ -78,9 +80,7 @@ class TestMetricsWriter(L.Callback):
             for name, value in sorted(trainer.callback_metrics.items())
             if name.startswith("test/")
         }
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        tmp.replace(self.path)
+        write_atomically(self.path, lambda file: file.write((json.dumps(results, indent=2) + "\n").encode()))
 
 
 def format_table(results: dict[str, dict[str, float]], metrics: list[str]) -> str:

@@ -117,9 +117,9 @@ class RecommenderCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.float32_matmul_precision is not None:
-            torch.set_float32_matmul_precision(config.float32_matmul_precision)
+        precision = self._get(self.config, "float32_matmul_precision")
+        if precision is not None:
+            torch.set_float32_matmul_precision(precision)
 
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit:

@@ -9,11 +9,13 @@ import importlib
 import inspect
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from mmrec_lightning.errors import causes
 
 # jsonargparse states each step of a failed check as the message of one exception in a chain of causes:
 # 'Parser key "model":' (a key), "Problem with given class_path 'x.Y':" (that class's init_args), then the reason.
@@ -108,16 +110,6 @@ def follow(error: BaseException) -> Trail:
             trail.union = match.group(1)
         trail.reason = link
     return trail
-
-
-def causes(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and its explicit causes, outermost first."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__
 
 
 def parser_keys(parser: Any) -> list[str]:

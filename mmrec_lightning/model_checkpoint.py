@@ -26,6 +26,6 @@ class ModelCheckpoint(LightningModelCheckpoint):
 
     def _save_last_if_skipped(self, trainer: L.Trainer) -> None:
         """``last.ckpt`` for this step, unless Lightning saved a checkpoint (and so ``last.ckpt``) already."""
+        # (Lightning's skip test covers a checkpoint already saved at this step)
         if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
-            if self._last_global_step_saved != trainer.global_step:
-                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
