@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -15,6 +16,7 @@ from mmrec_lightning.data.datasets import (
     Catalogue,
     CatalogueCollator,
     EvalUsers,
+    HistoryMode,
     TrainCollator,
     TrainInteractions,
     collate_eval_users,
@@ -40,6 +42,10 @@ class RecDataModule(L.LightningDataModule):
         item_batch_size: items per batch when the catalogue is encoded for evaluation.
         num_negatives: negatives sampled per training interaction, never among the user's training items.
         history_length: most recent training items that describe a user.
+        history: which items describe the user of a training example: ``preceding`` (those just before the
+            positive in time, for next-item prediction), ``others`` (the user's latest training items other than
+            the positive, as evaluation shows them when held-out interactions fall anywhere in time), or
+            ``auto``: ``preceding`` for leave-one-out and temporal splits, ``others`` for the rest.
         num_workers: data-loader worker processes (image decoding and tokenisation run there).
         pin_memory: pin host memory for faster copies to the GPU.
         mask_valid_at_test: at test, also remove validation items from the ranking (RecBole's protocol);
@@ -56,6 +62,7 @@ class RecDataModule(L.LightningDataModule):
         item_batch_size: int = 256,
         num_negatives: int = 1,
         history_length: int = 20,
+        history: Literal["auto", "preceding", "others"] = "auto",
         num_workers: int = 0,
         pin_memory: bool = False,
         mask_valid_at_test: bool = False,
@@ -121,6 +128,15 @@ class RecDataModule(L.LightningDataModule):
             if len(dataset.split(name).items) == 0 and (name != "test" or stage == "test"):
                 raise PreparedDatasetError(f"{self.path}: the {name} split is empty; prepare the dataset again")
 
+    @property
+    def history_mode(self) -> HistoryMode:
+        """The training history, ``data.history`` with ``auto`` resolved by how the dataset was split."""
+        if self.hparams.history != "auto":
+            return self.hparams.history
+        assert self.dataset is not None, "call setup() first"
+        method = self.dataset.metadata.get("split", {}).get("method")
+        return "preceding" if method in ("loo", "temporal") else "others"
+
     # --- loaders ---------------------------------------------------------------------------------------
 
     @property
@@ -156,7 +172,9 @@ class RecDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        dataset = TrainInteractions(self.train_split, self.num_items, hp.num_negatives, hp.history_length, hp.seed)
+        dataset = TrainInteractions(
+            self.train_split, self.num_items, hp.num_negatives, hp.history_length, hp.seed, self.history_mode
+        )
         world_size, rank = self._world
         sampler = EpochSampler(len(dataset), hp.batch_size, num_replicas=world_size, rank=rank, seed=hp.seed)
         collate = TrainCollator(self._content(), hp.seed)

@@ -7,7 +7,7 @@ batch (batches share popular items), in the loader's worker processes.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -19,12 +19,25 @@ from mmrec_lightning.data.schema import SplitIndex
 
 SECONDS_PER_DAY = 86_400.0
 
+HistoryMode = Literal["preceding", "others"]
 
-def behaviour_stats(history_size: np.ndarray, seconds_since_last: np.ndarray) -> np.ndarray:
-    """The user tower's behaviour statistics ``[N, 2]``: log interaction count and log days since the last
-    one (0 without history)."""
-    days = np.where(history_size > 0, np.maximum(seconds_since_last, 0.0) / SECONDS_PER_DAY, 0.0)
-    return np.stack([np.log1p(history_size), np.log1p(days)], axis=-1).astype(np.float32)
+
+def user_statistics(train: SplitIndex) -> np.ndarray:
+    """The user tower's behaviour statistics ``[users, 2]``, as of the end of the training data: the log number
+    of training interactions and the log days from the user's last one to the last one in the training data
+    (both 0 for a user without any).
+
+    Training, evaluation and prediction all use these values: nothing about a held-out interaction (its item,
+    time or count) may reach the model when it scores, and a statistic measured "as of each predicted
+    interaction" in training would teach it gaps that never occur when it serves.
+    """
+    counts = train.lengths()
+    if len(train.times) == 0:
+        return np.zeros((len(counts), 2), dtype=np.float32)
+    end = float(train.times.max())
+    last = train.times[np.maximum(train.indptr[1:] - 1, 0)].astype(np.float64)
+    days = np.where(counts > 0, np.maximum(end - last, 0.0) / SECONDS_PER_DAY, 0.0)
+    return np.stack([np.log1p(counts), np.log1p(days)], axis=-1).astype(np.float32)
 
 
 def _pad(rows: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,16 +60,31 @@ def _pairs(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 class TrainInteractions(Dataset):
     """One example per training interaction: the user, the positive item, sampled negatives that are not
-    among the user's training items, the user's preceding history in time, and the interaction's rating
-    where the split has ratings.
+    among the user's training items, the user's history, and the interaction's rating where the split has
+    ratings.
+
+    The history is, with ``history="preceding"``, the items the user interacted with just before the positive
+    (next-item prediction, for leave-one-out and temporal splits, where what is held out follows the training
+    data); with ``"others"``, the user's latest training items other than the positive — what evaluation
+    shows the model (the latest training items) when held-out interactions fall anywhere in the user's time
+    line, as in a random split.
 
     Indexed a batch at a time by ``(indices, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`),
     vectorised: negatives are drawn from a generator seeded by (seed, epoch, first index of the batch), so
     batches do not depend on the number of workers.
     """
 
-    def __init__(self, train: SplitIndex, num_items: int, num_negatives: int, history_length: int, seed: int) -> None:
+    def __init__(
+        self,
+        train: SplitIndex,
+        num_items: int,
+        num_negatives: int,
+        history_length: int,
+        seed: int,
+        history: HistoryMode = "preceding",
+    ) -> None:
         self.train = train
+        self.history = history
         self.num_items = num_items
         self.num_negatives = num_negatives
         self.history_length = history_length
@@ -64,6 +92,7 @@ class TrainInteractions(Dataset):
         self._users = np.repeat(np.arange(len(train.indptr) - 1, dtype=np.int64), train.lengths())  # per interaction
         self._seen = np.sort(self._users * num_items + train.items)  # (user, item) keys, for negative rejection
         self._full_users = np.flatnonzero(train.lengths() >= num_items)
+        self._stats = user_statistics(train)
 
     def __len__(self) -> int:
         return len(self.train.items)
@@ -92,11 +121,13 @@ class TrainInteractions(Dataset):
         train = self.train
         users = self._users[index]
         starts = train.indptr[users]
-        positions = index[:, None] + np.arange(-self.history_length, 0)[None, :]
+        if self.history == "preceding":
+            positions = index[:, None] + np.arange(-self.history_length, 0)[None, :]
+        else:  # the latest of the user's other training items, newest last, skipping the positive itself
+            positions = train.indptr[users + 1][:, None] - np.arange(self.history_length, 0, -1)[None, :]
+            positions = np.where(positions <= index[:, None], positions - 1, positions)
         history_mask = positions >= starts[:, None]
         history = np.where(history_mask, train.items[np.maximum(positions, 0)], 0)
-        has_previous = index > starts
-        gap = np.where(has_previous, train.times[index] - train.times[np.maximum(index - 1, 0)], 0)
         batch = {
             "key": (int(index[0]), epoch),
             "users": users,
@@ -104,7 +135,7 @@ class TrainInteractions(Dataset):
             "negatives": self._negatives(example_rng(self.seed, epoch, int(index[0])), users),
             "history": history.astype(np.int64),
             "history_mask": history_mask,
-            "stats": behaviour_stats(index - starts, gap.astype(np.float64)),
+            "stats": self._stats[users],
         }
         if train.ratings is not None:
             batch["ratings"] = train.ratings[index].astype(np.float32)
@@ -153,9 +184,8 @@ class EvalUsers(Dataset):
     for prediction), with what the ranking needs: their history (last training items), the items to find
     and the items to mask out.
 
-    Recency is measured as of the time the user's evaluated interactions begin (only their timestamp is
-    used, never their items), as training measures it as of each predicted interaction; for prediction,
-    as of the end of the training data.
+    Nothing of the evaluated split reaches the model: the history and the behaviour statistics come from the
+    training split alone (:func:`user_statistics`), the same for validation, test and prediction.
     """
 
     def __init__(
@@ -170,8 +200,7 @@ class EvalUsers(Dataset):
         self.also_exclude = also_exclude
         self.history_length = history_length
         self.users = np.flatnonzero(target.lengths() > 0) if target is not None else np.arange(len(train.indptr) - 1)
-        self.reference_time = float(train.times.max()) if len(train.times) else 0.0
-        self._target_lengths = target.lengths() if target is not None else None
+        self._stats = user_statistics(train)
 
     def __len__(self) -> int:
         return len(self.users)
@@ -179,16 +208,11 @@ class EvalUsers(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         user = int(self.users[index])
         seen = self.train.row(user)
-        lo, hi = self.train.indptr[user], self.train.indptr[user + 1]
-        last = float(self.train.times[hi - 1]) if hi > lo else self.reference_time
-        now = self.reference_time
-        if self._target_lengths is not None and self._target_lengths[user]:
-            now = float(self.target.times[self.target.indptr[user]])
         exclude = seen if self.also_exclude is None else np.concatenate([seen, self.also_exclude.row(user)])
         return {
             "user": user,
             "history": np.asarray(seen[-self.history_length :] if self.history_length else seen[:0], dtype=np.int64),
-            "stats": behaviour_stats(np.array(len(seen)), np.array(now - last)),
+            "stats": self._stats[user],
             "targets": np.asarray(self.target.row(user) if self.target is not None else [], dtype=np.int64),
             "exclude": np.asarray(exclude, dtype=np.int64),
         }

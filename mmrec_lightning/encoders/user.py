@@ -7,19 +7,23 @@ from torch import nn
 
 
 class UserTower(nn.Module):
-    """user vector = ID embedding + W_h · mean(history item vectors) + MLP(behaviour statistics).
+    """user vector = ID embedding + W_h · mean(history item vectors) + MLP(behaviour statistics), the ID
+    embedding optional: without it a user is described by their items alone (as in FISM), which generalises
+    better where users have many interactions and needs no retraining for a new user.
 
     Args:
         num_users: size of the user-ID embedding table.
         dim: vector size, the same as the item vectors (scores are dot products).
         num_stats: behaviour statistics per user (log interaction count, log days since the last one).
         dropout: dropout on the output.
+        use_id: whether the user-ID embedding is a part.
     """
 
-    def __init__(self, num_users: int, dim: int, num_stats: int = 2, dropout: float = 0.0) -> None:
+    def __init__(self, num_users: int, dim: int, num_stats: int = 2, dropout: float = 0.0, use_id: bool = True) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(num_users, dim)
-        nn.init.normal_(self.embedding.weight, std=0.1)
+        self.embedding = nn.Embedding(num_users, dim) if use_id else None
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=0.1)
         self.history = nn.Linear(dim, dim, bias=False)
         self.stats = nn.Sequential(nn.Linear(num_stats, dim), nn.GELU(), nn.Linear(dim, dim))
         self.dropout = nn.Dropout(dropout)
@@ -34,4 +38,7 @@ class UserTower(nn.Module):
         """``history`` ``[B, L, D]`` item vectors with ``history_mask`` ``[B, L]``; ``stats`` ``[B, S]``."""
         weights = history_mask.unsqueeze(-1).to(history.dtype)
         pooled = (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.dropout(self.embedding(users) + self.history(pooled) + self.stats(stats.to(history.dtype)))
+        vector = self.history(pooled) + self.stats(stats.to(history.dtype))
+        if self.embedding is not None:
+            vector = vector + self.embedding(users)
+        return self.dropout(vector)

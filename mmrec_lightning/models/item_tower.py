@@ -12,6 +12,7 @@ from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import FusionFactory
+from mmrec_lightning.models.content_neighbours import ContentNeighbours
 
 CACHE_FILL_ROWS = 256
 """Items a frozen encoder encodes at once when filling its cache (bounds the activations' memory)."""
@@ -47,6 +48,8 @@ class ItemTower(nn.Module):
         text_encoder: optional text encoder, or the catalogue's precomputed text features.
         use_item_id: whether the item-ID embedding is a modality.
         modality_dropout: training-time probability of hiding each available modality.
+        neighbours: the "neighbours" modality, the ID embeddings of each item's nearest trained items by
+            content (needs ``use_item_id`` and precomputed features), or none.
         cache_frozen: keep the output of each frozen encoder per item in memory after its first encoding, so
             training with frozen encoders runs at embedding speed (frozen image encoders then see the
             deterministic evaluation transform, see ``augment_images``).
@@ -62,6 +65,7 @@ class ItemTower(nn.Module):
         use_item_id: bool = True,
         modality_dropout: float = 0.0,
         cache_frozen: bool = True,
+        neighbours: ContentNeighbours | None = None,
     ) -> None:
         super().__init__()
         self.modalities: list[str] = []
@@ -81,10 +85,28 @@ class ItemTower(nn.Module):
             self.item_embedding = nn.Embedding(num_items, dim)
             nn.init.normal_(self.item_embedding.weight, std=0.1)
             self.modalities.append("id")
+        self.neighbours = neighbours
+        if neighbours is not None:
+            if not use_item_id or not self.features:
+                raise ConfigurationError(
+                    "model.content_neighbours needs use_item_id and precomputed features (ItemFeatures) as an encoder"
+                )
+            self.modalities.append("neighbours")
         if not self.modalities:
             raise ConfigurationError("model: configure at least one of image_encoder, text_encoder and use_item_id")
         self.fusion = fusion(len(self.modalities), dim)
         self.modality_dropout = modality_dropout
+
+    @property
+    def features(self) -> dict[str, torch.Tensor]:
+        """The precomputed feature matrices among the encoders, by modality."""
+        encoders = {"image": self.image_encoder, "text": self.text_encoder}
+        return {name: encoder.matrix for name, encoder in encoders.items() if isinstance(encoder, ItemFeatures)}
+
+    def build_neighbours(self, trained: torch.Tensor) -> None:
+        """Find the content neighbours among the ``trained`` items ``[items]`` (bool), if the tower has them."""
+        if self.neighbours is not None:
+            self.neighbours.build(self.features, trained)
 
     @property
     def augment_images(self) -> bool:
@@ -134,6 +156,10 @@ class ItemTower(nn.Module):
                 # a new item's ID (-1) has no embedding; its id_mask is False, so the clamped row is never used
                 vectors.append(self.item_embedding(items["item_ids"].clamp(min=0)))
                 masks.append(items["id_mask"])
+            elif name == "neighbours":
+                neighbour_vectors, mask = self.neighbours(items["item_ids"], self.item_embedding.weight)
+                vectors.append(neighbour_vectors)
+                masks.append(mask)
             else:
                 features, mask = self._modality(name, items)
                 vectors.append(getattr(self, f"{name}_projection")(features))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from PIL import Image
 
@@ -18,6 +19,7 @@ from mmrec_lightning.fusion import AttentionFusion, FusionFactory
 from mmrec_lightning.heads import CategoryHead, CategoryHeadFactory, ImageTextContrastiveHead, RatingHeadFactory
 from mmrec_lightning.losses import BPRLoss, RecommendationLoss, TaskWeighting
 from mmrec_lightning.models.base import RecommenderModule, rows
+from mmrec_lightning.models.content_neighbours import ContentNeighbours
 from mmrec_lightning.models.item_tower import ItemEncoding, ItemTower
 
 
@@ -49,9 +51,18 @@ class MultimodalRecommender(RecommenderModule):
         rating_weight: λ of the rating-prediction loss.
         loss_weighting: ``fixed`` keeps the λ; ``uncertainty`` learns them (Kendall et al. 2018), starting
             from the λ.
+        content_neighbours: the "neighbours" modality: the mean ID embedding of each item's nearest trained
+            items by content (``ContentNeighbours``; needs ``use_item_id`` and precomputed features), which
+            gives cold items a collaborative vector; or none.
         modality_dropout: training-time probability of hiding each available modality of an item.
         cache_frozen_features: keep each frozen encoder's output per item in memory after first use.
+        use_user_id: whether the user tower has a user-ID embedding (without it, a user is their history and
+            behaviour statistics).
         dropout: dropout on the user vector.
+        cosine: score by cosine similarity: user and item vectors are L2-normalised, so the loss's temperature
+            alone sets how sharp the scores are, and no vector can grow its way to the top (unnormalised
+            vectors under a sampled softmax with a low temperature let a few norms run away and training
+            diverge).
         optimizer: optimizer over the trainable parameters.
         encoder_lr: learning rate of the image and text encoders' trainable parameters (typically lower than
             the optimizer's, for pretrained encoders); default the optimizer's.
@@ -78,9 +89,12 @@ class MultimodalRecommender(RecommenderModule):
         rating_head: RatingHeadFactory | None = None,
         rating_weight: float = 0.1,
         loss_weighting: Literal["fixed", "uncertainty"] = "fixed",
+        content_neighbours: ContentNeighbours | None = None,
         modality_dropout: float = 0.1,
         cache_frozen_features: bool = True,
+        use_user_id: bool = True,
         dropout: float = 0.1,
+        cosine: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         encoder_lr: float | None = None,
         scheduler: LRSchedulerCallable | None = None,
@@ -97,9 +111,11 @@ class MultimodalRecommender(RecommenderModule):
             use_item_id,
             modality_dropout,
             cache_frozen_features,
+            content_neighbours,
         )
         vector_dim = self.item_tower.fusion.output_dim  # embed_dim, or one block per modality (ScoreFusion)
-        self.user_tower = UserTower(num_users, vector_dim, dropout=dropout)
+        self.user_tower = UserTower(num_users, vector_dim, dropout=dropout, use_id=use_user_id)
+        self.cosine = cosine
         self.loss = loss if loss is not None else BPRLoss()
         use_category = category_head is not None and num_categories > 0 and aux_weight > 0
         self.category_head = category_head(vector_dim, num_categories) if use_category else None
@@ -137,17 +153,29 @@ class MultimodalRecommender(RecommenderModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if self._cold_items is not None:
+            self.item_tower.build_neighbours(~self._cold_items.to(self.device))
         datamodule = getattr(self.trainer, "datamodule", None)
         train = getattr(datamodule, "train_split", None)
         if stage == "fit" and self.rating_head is not None and (train is None or train.ratings is None):
             raise ConfigurationError("model.rating_head: the training interactions of this dataset have no ratings")
 
+    def _scored(self, vectors: torch.Tensor) -> torch.Tensor:
+        """User or item vectors as they are scored: unit length with ``cosine``."""
+        return F.normalize(vectors, dim=-1) if self.cosine else vectors
+
+    def _encode(self, items: dict[str, torch.Tensor]) -> ItemEncoding:
+        encoded = self.item_tower(items)
+        return encoded._replace(vectors=self._scored(encoded.vectors))
+
+    def _user(self, batch: dict[str, torch.Tensor], history: torch.Tensor) -> torch.Tensor:
+        return self._scored(self.user_tower(batch["users"], history, batch["history_mask"], batch["stats"]))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         items = batch["items"]
-        encoded = self.item_tower(items)
+        encoded = self._encode(items)
         vectors, ids = encoded.vectors, items["item_ids"]
-        history = rows(vectors, batch["history"])
-        user = self.user_tower(batch["users"], history, batch["history_mask"], batch["stats"])
+        user = self._user(batch, rows(vectors, batch["history"]))
         positives, negatives = batch["positives"], batch["negatives"]
         rec_loss = self.loss(user, rows(vectors, positives), rows(vectors, negatives), ids[positives], ids[negatives])
         size = len(batch["users"])
@@ -196,7 +224,7 @@ class MultimodalRecommender(RecommenderModule):
     # --- evaluation ----------------------------------------------------------------------------------
 
     def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
-        encoded = self.item_tower(items)
+        encoded = self._encode(items)
         self._weight_chunks.append((items["item_ids"], encoded.weights.detach().float()))
         return encoded.vectors
 
@@ -209,13 +237,12 @@ class MultimodalRecommender(RecommenderModule):
         self.eval()
         try:
             batch = content_batch(images, texts, self.item_preprocessing())
-            return self.item_tower({name: value.to(self.device) for name, value in batch.items()}).vectors
+            return self._encode({name: value.to(self.device) for name, value in batch.items()}).vectors
         finally:
             self.train(training)
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
-        history = item_table[batch["history"]]
-        return self.user_tower(batch["users"], history, batch["history_mask"], batch["stats"])
+        return self._user(batch, item_table[batch["history"]])
 
     def _reset_catalogue(self) -> None:
         super()._reset_catalogue()

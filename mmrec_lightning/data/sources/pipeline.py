@@ -234,10 +234,13 @@ def _interactions(raw: RawSource) -> pd.DataFrame:
     if "rating" in frame:
         table["rating"] = frame["rating"].to_numpy(np.float64)
     if "split" in frame:
-        codes = frame["split"].map(SPLIT_CODES)
+        codes = frame["split"].map(SPLIT_CODES | {str(code): code for code in SPLIT_CODES.values()})
         if codes.isna().any():
-            bad = frame["split"][codes.isna()].iloc[0]
-            raise ConfigurationError(f"{raw.interactions_file}: split {bad!r} is not train, valid or test")
+            row = int(np.flatnonzero(codes.isna().to_numpy())[0])
+            bad = frame["split"].iloc[row]
+            raise ConfigurationError(
+                f"{raw.interactions_file}, interaction {row + 1}: split {bad!r} is not train, valid or test (0, 1, 2)"
+            )
         table["split"] = codes.to_numpy(np.int8)
     return table
 
@@ -348,7 +351,9 @@ def _split(
         raise ConfigurationError(
             f"--split source: {raw.interactions_file} has no split of its own; use random, loo, temporal or cold"
         )
-    info: dict[str, Any] = {"method": method, "seed": options.seed, "ratios": list(options.split_ratios)}
+    info: dict[str, Any] = {"method": method}
+    if method != "source":  # a given split has no seed or ratios of ours
+        info |= {"seed": options.seed, "ratios": list(options.split_ratios)}
     rng = np.random.default_rng(options.seed)
     times, order = interactions["timestamp"].to_numpy(), interactions["order"].to_numpy()
     if method == "source":

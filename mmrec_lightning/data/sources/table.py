@@ -44,6 +44,8 @@ class TableOptions(CommonOptions):
         image_column: the item image column: file paths relative to ``--image_root`` (or encoded bytes in Parquet).
         image_root: the folder the image paths are relative to; default: the items file's folder.
         category_column: the item category name column.
+        split_column: a column holding each interaction's split (``train`` / ``valid`` / ``test``, or 0 / 1 / 2),
+            kept with ``--split source`` (or ``auto``).
         delimiter: the field separator of text files.
     """
 
@@ -57,6 +59,7 @@ class TableOptions(CommonOptions):
     image_column: str | None = None
     image_root: str | None = None
     category_column: str | None = None
+    split_column: str | None = None
     delimiter: str = ","
 
     def __post_init__(self) -> None:
@@ -74,7 +77,7 @@ class TableOptions(CommonOptions):
 def _interactions(options: TableOptions) -> tuple[pd.DataFrame, Path]:
     path = require_file(options.interactions, "--interactions")
     named = {"user": options.user_column, "item": options.item_column}
-    named |= {"timestamp": options.timestamp_column, "rating": options.rating_column}
+    named |= {"timestamp": options.timestamp_column, "rating": options.rating_column, "split": options.split_column}
     named = {key: column for key, column in named.items() if column is not None}
     frame, at = read_table(path, options.delimiter, list(named.values()))
     table = pd.DataFrame(
@@ -87,6 +90,8 @@ def _interactions(options: TableOptions) -> tuple[pd.DataFrame, Path]:
         table["timestamp"] = to_seconds(frame[options.timestamp_column], options.timestamp_column, at)
     if options.rating_column is not None:
         table["rating"] = to_numbers(frame[options.rating_column], options.rating_column, at)
+    if options.split_column is not None:
+        table["split"] = frame[options.split_column].astype(str).str.strip().str.lower()
     return table, path
 
 
