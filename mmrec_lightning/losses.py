@@ -60,8 +60,8 @@ class SampledSoftmaxLoss(RecommendationLoss):
     Recommendations", RecSys 2019) each candidate's logit is reduced by the log of the number of times it
     is expected among a row's candidates: B·c_j/C as one of the B in-batch positives (an item is a positive
     in proportion to its training count c_j, C = Σ c) plus N/I as one of the row's N uniformly sampled
-    negatives (I items) — the sampled negatives play the part of the extra uniform negatives of mixed
-    negative sampling (Yang et al., WWW 2020). Without it, popular items are over-represented among the
+    negatives (I items that occur in training) — the sampled negatives play the part of the extra uniform
+    negatives of mixed negative sampling (Yang et al., WWW 2020). Without it, popular items are over-represented among the
     negatives and their scores are pushed down; the correction removes that popularity penalty.
 
     Args:
@@ -81,7 +81,8 @@ class SampledSoftmaxLoss(RecommendationLoss):
 
     def _log_expected_count(self, ids: torch.Tensor, batch_size: int, num_negatives: int) -> torch.Tensor:
         counts = self.item_counts
-        return torch.log(batch_size * counts[ids] / counts.sum() + num_negatives / len(counts))
+        sampled = (counts > 0).sum()  # the negatives are uniform over the items that occur in training
+        return torch.log(batch_size * counts[ids] / counts.sum() + num_negatives / sampled)
 
     def logits(self, user, positive, negatives, positive_ids, negative_ids=None) -> torch.Tensor:
         """``[B, B + N]``: the in-batch candidates (column b is row b's positive), then the row's negatives."""

@@ -31,6 +31,17 @@ def test_training_examples_exclude_the_users_training_items(synthetic_dir):
         history = batch["history"][index][batch["history_mask"][index]]
         assert list(history) == list(row[max(0, position - 4) : position])
     assert len(negatives_seen) > 30  # uniform over the catalogue, not a few items
+    assert negatives_seen <= set(train.items.tolist())  # never an item no one chose in training
+
+
+def test_an_item_without_training_interactions_is_never_a_negative(synthetic_dir):
+    train = PreparedDataset(synthetic_dir).split("train")
+    trained = np.unique(train.items)
+    num_items = int(trained.max()) + 10  # ten more items, none of them in training
+    dataset = TrainInteractions(train, num_items=num_items, num_negatives=50, history_length=0, seed=0)
+    negatives = dataset[(np.arange(len(train.items)), 0)]["negatives"]
+    assert np.isin(negatives, trained).all()
+    assert len(np.unique(negatives)) > 0.9 * len(trained)  # and still spread over all of them
 
 
 def test_examples_depend_only_on_seed_epoch_and_index(synthetic_dir):

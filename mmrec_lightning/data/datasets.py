@@ -59,8 +59,8 @@ def _pairs(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TrainInteractions(Dataset):
-    """One example per training interaction: the user, the positive item, sampled negatives that are not
-    among the user's training items, the user's history, and the interaction's rating where the split has
+    """One example per training interaction: the user, the positive item, sampled negatives (uniform over the
+    items that occur in training, never one of the user's training items), the user's history, and the interaction's rating where the split has
     ratings.
 
     The history is, with ``history="preceding"``, the items the user interacted with just before the positive
@@ -91,7 +91,10 @@ class TrainInteractions(Dataset):
         self.seed = seed
         self._users = np.repeat(np.arange(len(train.indptr) - 1, dtype=np.int64), train.lengths())  # per interaction
         self._seen = np.sort(self._users * num_items + train.items)  # (user, item) keys, for negative rejection
-        self._full_users = np.flatnonzero(train.lengths() >= num_items)
+        # negatives are drawn from the items that occur in training: an item no one chose in training (a cold
+        # item) would otherwise only ever be a negative, and a content model would learn to bury its content
+        self._candidates = np.flatnonzero(np.bincount(train.items, minlength=num_items) > 0)
+        self._full_users = np.flatnonzero(train.lengths() >= len(self._candidates))
         self._stats = user_statistics(train)
 
     def __len__(self) -> int:
@@ -107,10 +110,10 @@ class TrainInteractions(Dataset):
         if np.isin(users, self._full_users).any():
             raise ValueError("cannot sample a negative: a user has interacted with every item")
         users = np.repeat(users, self.num_negatives)
-        negatives = rng.integers(self.num_items, size=len(users))
+        negatives = self._candidates[rng.integers(len(self._candidates), size=len(users))]
         redraw = self._is_seen(users, negatives)
         while redraw.any():
-            negatives[redraw] = rng.integers(self.num_items, size=int(redraw.sum()))
+            negatives[redraw] = self._candidates[rng.integers(len(self._candidates), size=int(redraw.sum()))]
             redraw[redraw] = self._is_seen(users[redraw], negatives[redraw])
         return negatives.reshape(-1, self.num_negatives)
 

@@ -59,6 +59,8 @@ class MultimodalRecommender(RecommenderModule):
         use_user_id: whether the user tower has a user-ID embedding (without it, a user is their history and
             behaviour statistics).
         dropout: dropout on the user vector.
+        history_dropout: training-time probability of hiding each item of a user's history (denoising, as
+            Mult-DAE does with its input), so a user vector does not hinge on a few items.
         cosine: score by cosine similarity: user and item vectors are L2-normalised, so the loss's temperature
             alone sets how sharp the scores are, and no vector can grow its way to the top (unnormalised
             vectors under a sampled softmax with a low temperature let a few norms run away and training
@@ -94,6 +96,7 @@ class MultimodalRecommender(RecommenderModule):
         cache_frozen_features: bool = True,
         use_user_id: bool = True,
         dropout: float = 0.1,
+        history_dropout: float = 0.0,
         cosine: bool = False,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         encoder_lr: float | None = None,
@@ -116,6 +119,7 @@ class MultimodalRecommender(RecommenderModule):
         vector_dim = self.item_tower.fusion.output_dim  # embed_dim, or one block per modality (ScoreFusion)
         self.user_tower = UserTower(num_users, vector_dim, dropout=dropout, use_id=use_user_id)
         self.cosine = cosine
+        self.history_dropout = history_dropout
         self.loss = loss if loss is not None else BPRLoss()
         use_category = category_head is not None and num_categories > 0 and aux_weight > 0
         self.category_head = category_head(vector_dim, num_categories) if use_category else None
@@ -169,7 +173,10 @@ class MultimodalRecommender(RecommenderModule):
         return encoded._replace(vectors=self._scored(encoded.vectors))
 
     def _user(self, batch: dict[str, torch.Tensor], history: torch.Tensor) -> torch.Tensor:
-        return self._scored(self.user_tower(batch["users"], history, batch["history_mask"], batch["stats"]))
+        mask = batch["history_mask"]
+        if self.training and self.history_dropout > 0:
+            mask = mask & (torch.rand(mask.shape, device=mask.device) >= self.history_dropout)
+        return self._scored(self.user_tower(batch["users"], history, mask, batch["stats"]))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         items = batch["items"]

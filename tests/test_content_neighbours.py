@@ -1,0 +1,60 @@
+"""The content-neighbours modality: each item's nearest trained items by content, and their ID embeddings."""
+
+import pytest
+import torch
+
+from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.fusion import AttentionFusion
+from mmrec_lightning.models.content_neighbours import ContentNeighbours
+from mmrec_lightning.models.item_tower import ItemTower
+
+# six items on a circle of text directions (item 5 has no content at all), one image direction each
+TEXT = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.0, 1.0], [0.1, 0.9], [0.0, 0.0]])
+IMAGE = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+TRAINED = torch.tensor([True, True, False, True, True, True])
+
+
+def test_neighbours_are_the_most_similar_trained_items_never_the_item_itself():
+    neighbours = ContentNeighbours(k=2, image_weight=0.0)  # text similarity alone
+    neighbours.build({"text": TEXT, "image": IMAGE}, TRAINED)
+    index = neighbours.index.tolist()
+    assert sorted(index[0]) == [1, 4]  # item 2 is closer to 0 than 4 is, but it never occurred in training
+    assert sorted(index[2]) == [0, 1]  # the cold item 2 gets the trained items its content resembles
+    assert sorted(index[3]) == [1, 4] and 3 not in index[3]
+    assert neighbours.available.tolist() == [True, True, True, True, True, False]  # item 5 has no content
+
+
+def test_the_image_weight_mixes_the_two_similarities():
+    neighbours = ContentNeighbours(k=1, image_weight=1.0)  # image similarity alone
+    neighbours.build({"text": TEXT, "image": IMAGE}, torch.tensor([True, False, False, True, True, False]))
+    assert neighbours.index[2].tolist() == [3]  # same image direction as item 2; by text it would be item 0
+
+
+def test_the_modality_vector_is_the_mean_of_the_neighbours_embeddings_and_new_items_have_none():
+    neighbours = ContentNeighbours(k=2, image_weight=0.0)
+    neighbours.build({"text": TEXT}, TRAINED)
+    embedding = torch.arange(12, dtype=torch.float32).view(6, 2)
+    vectors, available = neighbours(torch.tensor([2, -1]), embedding)
+    torch.testing.assert_close(vectors[0], (embedding[0] + embedding[1]) / 2)
+    assert available.tolist() == [True, False]
+
+
+def test_the_item_tower_gives_a_cold_item_its_neighbours_vector_and_the_gradient_reaches_them(tmp_path):
+    from mmrec_lightning.data.features import feature_file, save_features
+    from mmrec_lightning.encoders.features import ItemFeatures
+
+    save_features(feature_file(tmp_path, "text"), TEXT.numpy())
+    tower = ItemTower(6, 2, AttentionFusion, text_encoder=ItemFeatures(str(feature_file(tmp_path, "text"))),
+                      neighbours=ContentNeighbours(k=2, image_weight=0.0))  # fmt: skip
+    assert tower.modalities == ["text", "id", "neighbours"]
+    tower.build_neighbours(TRAINED)
+    encoded = tower({"item_ids": torch.tensor([2]), "id_mask": torch.tensor([False])})
+    assert encoded.available.tolist() == [[True, False, True]]
+    encoded.vectors.sum().backward()
+    touched = tower.item_embedding.weight.grad.abs().sum(1) > 0
+    assert touched.tolist() == [True, True, False, False, False, False]  # only the neighbours' rows
+
+
+def test_neighbours_need_the_item_id_and_precomputed_features():
+    with pytest.raises(ConfigurationError, match="use_item_id"):
+        ItemTower(6, 2, AttentionFusion, use_item_id=True, neighbours=ContentNeighbours())
