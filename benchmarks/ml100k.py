@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -132,7 +131,9 @@ def train_and_score(model: str, data: Path, run_dir: Path, seed: int, cold_items
     result = predicted_metrics(writer.paths[0], PreparedDataset(data), cold_items)
     for name in (f"recall@{K}", f"ndcg@{K}"):
         if abs(reported[name] - result[name]) > 1e-6:
-            raise AssertionError(f"{model}, seed {seed}: test reported {name} {reported[name]}, predict gives {result[name]}")
+            raise AssertionError(
+                f"{model}, seed {seed}: test reported {name} {reported[name]}, predict gives {result[name]}"
+            )
     return result | {"epochs": epochs}
 
 
@@ -205,7 +206,9 @@ def main() -> None:
                 per_seed = {}
                 for seed in seeds:
                     run_dir = Path(runs) / f"{split}-{model}-{seed}"
-                    per_seed[seed] = train_and_score(model, data, run_dir, seed, cold_items if split == "cold" else None)
+                    per_seed[seed] = train_and_score(
+                        model, data, run_dir, seed, cold_items if split == "cold" else None
+                    )
                     shutil.rmtree(run_dir, ignore_errors=True)
                     print(f"{split} {model} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
                 summary = summarise(list(per_seed.values()))

@@ -406,6 +406,24 @@ def test_table_parquet_with_image_bytes_and_no_timestamps(tmp_path):
     assert list(dataset.split("train").row(a)) == [1] and list(dataset.split("test").row(a)) == [0]  # file order
 
 
+@pytest.mark.parametrize("labels", [("train", "valid", "test"), ("0", "1", "2")])
+def test_table_keeps_its_own_split_column(tmp_path, labels):
+    rows = [("a", 1, labels[0]), ("a", 2, labels[0]), ("a", 3, labels[2]), ("b", 1, labels[1]), ("b", 3, labels[0])]
+    lines = "".join(f"{user},{item},{split}\n" for user, item, split in rows)
+    events = _write(tmp_path / "events.csv", "user_id,item_id,part\n" + lines)
+    dataset = _prepare(TableOptions(interactions=str(events), split_column="part", split="source"), tmp_path)
+    assert dataset.metadata["split"] == {"method": "source", "cold_items": 0}  # no seed or ratios of ours
+    assert dataset.metadata["counts"]["interactions"] == {"train": 3, "valid": 1, "test": 1}
+    a, b = (dataset.users.column("raw_id").to_pylist().index(user) for user in "ab")
+    assert list(dataset.split("test").row(a)) == [2] and list(dataset.split("valid").row(b)) == [0]
+
+
+def test_a_bad_split_label_names_the_file_and_the_interaction(tmp_path):
+    events = _write(tmp_path / "events.csv", "user_id,item_id,part\na,1,train\na,2,holdout\n")
+    with pytest.raises(ConfigurationError, match=r"events.csv, interaction 2: split 'holdout' is not train, valid"):
+        _prepare(TableOptions(interactions=str(events), split_column="part"), tmp_path)
+
+
 def test_table_input_errors_are_named(tmp_path):
     interactions, items = _table_files(tmp_path)
     read = SOURCES["table"][1]
