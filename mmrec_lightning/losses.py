@@ -61,7 +61,8 @@ class SampledSoftmaxLoss(RecommendationLoss):
     is expected among a row's candidates: B·c_j/C as one of the B in-batch positives (an item is a positive
     in proportion to its training count c_j, C = Σ c) plus N/I as one of the row's N uniformly sampled
     negatives (I items that occur in training) — the sampled negatives play the part of the extra uniform
-    negatives of mixed negative sampling (Yang et al., WWW 2020). Without it, popular items are over-represented among the
+    negatives of mixed negative sampling (Yang et al., WWW 2020). Without it, popular items are
+    over-represented among the
     negatives and their scores are pushed down; the correction removes that popularity penalty.
 
     Args:
