@@ -62,8 +62,8 @@ class SampledSoftmaxLoss(RecommendationLoss):
     in proportion to its training count c_j, C = Σ c) plus N/I as one of the row's N uniformly sampled
     negatives (I items that occur in training) — the sampled negatives play the part of the extra uniform
     negatives of mixed negative sampling (Yang et al., WWW 2020). Without it, popular items are
-    over-represented among the
-    negatives and their scores are pushed down; the correction removes that popularity penalty.
+    over-represented among the negatives and their scores are pushed down; the correction removes that
+    popularity penalty.
 
     Args:
         temperature: divides the scores.
@@ -79,11 +79,11 @@ class SampledSoftmaxLoss(RecommendationLoss):
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
         self.item_counts = torch.as_tensor(counts, dtype=torch.float32)
+        self._sampled_items = int((self.item_counts > 0).sum())  # negatives are uniform over the trained items
 
     def _log_expected_count(self, ids: torch.Tensor, batch_size: int, num_negatives: int) -> torch.Tensor:
         counts = self.item_counts
-        sampled = (counts > 0).sum()  # the negatives are uniform over the items that occur in training
-        return torch.log(batch_size * counts[ids] / counts.sum() + num_negatives / sampled)
+        return torch.log(batch_size * counts[ids] / counts.sum() + num_negatives / self._sampled_items)
 
     def logits(self, user, positive, negatives, positive_ids, negative_ids=None) -> torch.Tensor:
         """``[B, B + N]``: the in-batch candidates (column b is row b's positive), then the row's negatives."""

@@ -131,8 +131,9 @@ def test_logq_correction_lowers_popular_candidates_relative_to_rare_ones():
     loss.set_item_counts(counts)
     corrected = loss.logits(user, positive, negatives, positive_ids, negative_ids)
     assert torch.equal(plain, torch.ones(2, 3))
-    # expected occurrences among a row's candidates: B·c/C as an in-batch positive + N/I as a sampled negative
-    expected = {item: 2 * counts[item] / 100 + 1 / 4 for item in range(4)}
+    # expected occurrences among a row's candidates: B·c/C as an in-batch positive + N/I as a sampled negative,
+    # negatives uniform over the I = 2 items that occur in training
+    expected = {item: 2 * counts[item] / 100 + 1 / 2 for item in range(4)}
     for row in range(2):
         for column, item in enumerate([0, 1, int(negative_ids[row, 0])]):
             assert corrected[row, column].item() == pytest.approx(1 - math.log(expected[item]), rel=1e-6)

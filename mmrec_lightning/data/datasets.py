@@ -61,8 +61,7 @@ def _pairs(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 class TrainInteractions(Dataset):
     """One example per training interaction: the user, the positive item, sampled negatives (uniform over the
     items that occur in training, never one of the user's training items), the user's history, and the
-    interaction's rating where the split has
-    ratings.
+    interaction's rating where the split has ratings.
 
     The history is, with ``history="preceding"``, the items the user interacted with just before the positive
     (next-item prediction, for leave-one-out and temporal splits, where what is held out follows the training

@@ -9,9 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrec_lightning.errors import ConfigurationError
-
-SIMILARITY_BLOCK = 1 << 24
-"""Similarities computed at once when the neighbours are found (rows x items), which bounds the memory."""
+from mmrec_lightning.models.freedom import SIMILARITY_BLOCK
 
 
 class ContentNeighbours(nn.Module):
