@@ -5,7 +5,7 @@ MMRec's numbers on the same splits.
         [--splits warm cold] [--seeds 0 1 2]
 
 Prepares ``data/ml100k-{warm,cold}`` from the source folder's ``split_*.csv`` and ``items.csv`` (kept splits),
-extracts the image and text features once (``configs/ml100k/extract.yaml``), then for each split, model and
+extracts the image and text features once (``configs/extract/ml100k.yaml``), then for each split, model and
 seed trains ``configs/ml100k/<model>.yaml`` (the checkpoint chosen on validation Recall@20) and scores its
 test users with ``predict``. The numbers reported are computed from that ``predict`` output: Recall and
 NDCG @20 over all test items and, on the cold split, over each user's test items among ``cold_items.csv``
@@ -53,7 +53,7 @@ def prepare(source: Path, split: str, output: Path) -> None:
             "--image_column", "image",
         )  # fmt: skip
     if not (output / "features" / "text_feat.npy").is_file():
-        run_command("extract-features", "--config", str(ROOT / "configs/ml100k/extract.yaml"), "--data", str(output))
+        run_command("extract-features", "--config", str(ROOT / "configs/extract/ml100k.yaml"), "--data", str(output))
 
 
 def run_command(*args: str) -> None:
