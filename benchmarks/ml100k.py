@@ -11,7 +11,9 @@ test users with ``predict``. The numbers reported are computed from that ``predi
 NDCG @20 over all test items and, on the cold split, over each user's test items among ``cold_items.csv``
 ("cold items only", as the source README defines it); each run also checks that they equal what ``test``
 reported. Prints mean ± std over the seeds beside the README's reference table and writes
-``benchmarks/results/ml100k.json``.
+``benchmarks/results/ml100k.json`` (after each model and split, so a run that stops keeps what it finished);
+the results of an earlier run on the same source and seeds that this run did not repeat are kept there and in
+the table, so one model can be re-run alone.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def run_config(model: str, data: Path, run_dir: Path, seed: int) -> Path:
     for callback in trainer.get("callbacks", []):
         if "dirpath" in callback.get("init_args", {}):
             callback["init_args"]["dirpath"] = str(run_dir / "checkpoints")
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -185,6 +188,20 @@ def table(results: dict[str, dict[str, dict]], reference: dict[str, dict[str, fl
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
 
 
+def record(output: Path, source: Path, seeds: list[int], model: str, split: str, entry: dict) -> dict:
+    """Adds one model's results on one split to ``output`` as soon as they exist (a long run that stops
+    keeps what it finished), next to those of earlier runs on the same source and seeds; returns them all."""
+    document = json.loads(output.read_text()) if output.is_file() else {}
+    if document.get("source") != str(source) or document.get("seeds") != seeds:
+        document = {"source": str(source), "seeds": seeds, "results": {}}
+    document["results"].setdefault(model, {})[split] = entry
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_suffix(".partial")
+    partial.write_text(json.dumps(document, indent=2) + "\n")
+    partial.replace(output)
+    return document["results"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, required=True, help="the ml-100k-posters folder")
@@ -211,8 +228,8 @@ def main() -> None:
                     )
                     shutil.rmtree(run_dir, ignore_errors=True)
                     print(f"{split} {model} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
-                summary = summarise(list(per_seed.values()))
-                results.setdefault(model, {})[split] = {"runs": per_seed, "summary": summary}
+                entry = {"runs": per_seed, "summary": summarise(list(per_seed.values()))}
+                results = record(args.output, source, args.seeds, model, split, entry)
     reference = reference_table(source / "README.md")
     publish(
         f"\nMovieLens-100K posters, test split, mean ± std over seeds {args.seeds} (from predict's output)\n"

@@ -76,6 +76,18 @@ class ImageTextContrastiveHead(nn.Module):
         return _mean(total, 2 * both.sum())
 
 
+class ContentAlignmentHead(ImageTextContrastiveHead):
+    """The same symmetric InfoNCE between another pair of views of an item: its content vector (the item's
+    modalities fused without its ID) and its ID vector, as CLCRec aligns them. The content path is what a
+    cold item is scored by; aligning it with the ID vectors of trained items teaches it to place an item
+    where its behaviour would have put it.
+
+    Args:
+        temperature: the initial (or, when not learnable, fixed) temperature τ.
+        learnable_temperature: learn τ (as log 1/τ, capped at 1/τ = 100 as in CLIP).
+    """
+
+
 class RatingHead(nn.Module):
     """Predicts from the user and item vectors whether the user rated the item at least ``threshold`` (a
     like or click label), by binary cross-entropy; interactions without a rating (NaN) are ignored.

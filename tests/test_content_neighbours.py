@@ -58,3 +58,28 @@ def test_the_item_tower_gives_a_cold_item_its_neighbours_vector_and_the_gradient
 def test_neighbours_need_the_item_id_and_precomputed_features():
     with pytest.raises(ConfigurationError, match="use_item_id"):
         ItemTower(6, 2, AttentionFusion, use_item_id=True, neighbours=ContentNeighbours())
+
+
+def test_alignment_pairs_each_trained_items_content_vector_with_its_id_vector(tmp_path):
+    from mmrec_lightning.data.features import feature_file, save_features
+    from mmrec_lightning.encoders.features import ItemFeatures
+    from mmrec_lightning.heads import ContentAlignmentHead
+    from mmrec_lightning.models import MultimodalRecommender
+
+    save_features(feature_file(tmp_path, "text"), TEXT.numpy())
+    head = ContentAlignmentHead(temperature=0.5, learnable_temperature=False)
+    model = MultimodalRecommender(num_users=3, num_items=6, text_encoder=ItemFeatures(str(feature_file(tmp_path, "text"))),
+                                  embed_dim=2, alignment_head=head, category_head=None, top_k=[5])  # fmt: skip
+    items = torch.arange(6)
+    encoded = model.item_tower({"item_ids": items, "id_mask": TRAINED})
+    text, ids = model.item_tower.text_projection(TEXT), model.item_tower.item_embedding(items)
+    kept = torch.tensor([0, 1, 3, 4])  # item 2 never occurred in training, item 5 has no content
+    torch.testing.assert_close(model._alignment_loss(encoded), head.loss(text[kept], ids[kept]))
+
+
+def test_alignment_needs_the_item_id_and_another_modality():
+    from mmrec_lightning.heads import ContentAlignmentHead
+    from mmrec_lightning.models import MultimodalRecommender
+
+    with pytest.raises(ConfigurationError, match="alignment_head needs use_item_id"):
+        MultimodalRecommender(num_users=3, num_items=6, alignment_head=ContentAlignmentHead(), top_k=[5])

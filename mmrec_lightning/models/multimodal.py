@@ -16,7 +16,13 @@ from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.encoders.user import UserTower
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
-from mmrec_lightning.heads import CategoryHead, CategoryHeadFactory, ImageTextContrastiveHead, RatingHeadFactory
+from mmrec_lightning.heads import (
+    CategoryHead,
+    CategoryHeadFactory,
+    ContentAlignmentHead,
+    ImageTextContrastiveHead,
+    RatingHeadFactory,
+)
 from mmrec_lightning.losses import BPRLoss, RecommendationLoss, TaskWeighting
 from mmrec_lightning.models.base import RecommenderModule, rows
 from mmrec_lightning.models.content_neighbours import ContentNeighbours
@@ -46,6 +52,10 @@ class MultimodalRecommender(RecommenderModule):
         contrastive_head: InfoNCE between each item's image and text vectors (``class_path`` of an
             ``ImageTextContrastiveHead``; needs both encoders), or none.
         contrastive_weight: λ of the contrastive loss.
+        alignment_head: InfoNCE between each trained item's content vector (its other modalities fused
+            without the ID) and its ID vector (``ContentAlignmentHead``; needs ``use_item_id`` and a content
+            modality), or none.
+        alignment_weight: λ of the alignment loss.
         rating_head: predicts rating >= threshold from the user and item vectors (``class_path`` of a
             ``RatingHead``; the model supplies the size; needs a dataset with ratings), or none.
         rating_weight: λ of the rating-prediction loss.
@@ -88,6 +98,8 @@ class MultimodalRecommender(RecommenderModule):
         aux_weight: float = 0.1,
         contrastive_head: ImageTextContrastiveHead | None = None,
         contrastive_weight: float = 0.1,
+        alignment_head: ContentAlignmentHead | None = None,
+        alignment_weight: float = 0.1,
         rating_head: RatingHeadFactory | None = None,
         rating_weight: float = 0.1,
         loss_weighting: Literal["fixed", "uncertainty"] = "fixed",
@@ -127,12 +139,20 @@ class MultimodalRecommender(RecommenderModule):
         if use_contrastive and not {"image", "text"} <= set(self.modalities):
             raise ConfigurationError("model.contrastive_head needs both an image_encoder and a text_encoder")
         self.contrastive_head = contrastive_head if use_contrastive else None
+        use_alignment = alignment_head is not None and alignment_weight > 0
+        if use_alignment and ("id" not in self.modalities or len(self.modalities) < 2 or vector_dim != embed_dim):
+            raise ConfigurationError(
+                "model.alignment_head needs use_item_id, at least one other modality, and a fusion whose item "
+                "vector has the modality vectors' size (not ScoreFusion)"
+            )
+        self.alignment_head = alignment_head if use_alignment else None
         self.rating_head = rating_head(vector_dim) if rating_head is not None and rating_weight > 0 else None
         weights = {
             name: weight
             for name, head, weight in (
                 ("category", self.category_head, aux_weight),
                 ("contrastive", self.contrastive_head, contrastive_weight),
+                ("alignment", self.alignment_head, alignment_weight),
                 ("rating", self.rating_head, rating_weight),
             )
             if head is not None
@@ -212,9 +232,19 @@ class MultimodalRecommender(RecommenderModule):
             both = encoded.available[:, image] & encoded.available[:, text]
             h = encoded.modality_vectors
             losses["contrastive"] = self.contrastive_head.loss(h[:, image], h[:, text], both)
+        if self.alignment_head is not None:
+            losses["alignment"] = self._alignment_loss(encoded)
         if self.rating_head is not None:
             losses["rating"] = self.rating_head.loss(user, rows(encoded.vectors, batch["positives"]), batch["ratings"])
         return losses
+
+    def _alignment_loss(self, encoded: ItemEncoding) -> torch.Tensor:
+        """InfoNCE between the batch's content vectors and ID vectors, over the items that have both."""
+        is_id = torch.tensor([name == "id" for name in self.modalities], device=encoded.available.device)
+        content = encoded.available & ~is_id
+        both = encoded.available[:, is_id].squeeze(1) & content.any(1)
+        content_vectors, _ = self.item_tower.fusion(encoded.modality_vectors, content)
+        return self.alignment_head.loss(content_vectors, encoded.modality_vectors[:, is_id].squeeze(1), both)
 
     def parameter_groups(self) -> list[dict]:
         """One group, or the encoders' trainable parameters in a second one at ``encoder_lr``."""
