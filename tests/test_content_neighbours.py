@@ -68,8 +68,9 @@ def test_alignment_pairs_each_trained_items_content_vector_with_its_id_vector(tm
 
     save_features(feature_file(tmp_path, "text"), TEXT.numpy())
     head = ContentAlignmentHead(temperature=0.5, learnable_temperature=False)
-    model = MultimodalRecommender(num_users=3, num_items=6, text_encoder=ItemFeatures(str(feature_file(tmp_path, "text"))),
-                                  embed_dim=2, alignment_head=head, category_head=None, top_k=[5])  # fmt: skip
+    text_features = ItemFeatures(str(feature_file(tmp_path, "text")))
+    model = MultimodalRecommender(num_users=3, num_items=6, text_encoder=text_features, embed_dim=2,
+                                  alignment_head=head, category_head=None, top_k=[5])  # fmt: skip
     items = torch.arange(6)
     encoded = model.item_tower({"item_ids": items, "id_mask": TRAINED})
     text, ids = model.item_tower.text_projection(TEXT), model.item_tower.item_embedding(items)
