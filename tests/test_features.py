@@ -127,11 +127,13 @@ def test_score_fusion_gives_users_one_block_per_modality(synthetic_dir, tokenize
         text_encoder=text,
         embed_dim=8,
         fusion=ScoreFusion,
+        use_user_id=True,
         top_k=[5],
     )
     dm = RecDataModule(path=str(synthetic_dir), batch_size=16, history_length=3)
     dm.preprocessing = model.item_preprocessing()
     dm.setup("fit")
+    model.loss.set_item_counts(torch.as_tensor(dm.item_train_counts))  # what setup does under a Trainer
     batch = next(iter(dm.train_dataloader()))
     loss = model.training_step(batch, 0)
     loss.backward()

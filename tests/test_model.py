@@ -15,7 +15,7 @@ from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import TransformerFusion
-from mmrec_lightning.heads import ImageTextContrastiveHead, RatingHead
+from mmrec_lightning.heads import CategoryHead, ImageTextContrastiveHead, RatingHead
 from mmrec_lightning.losses import SampledSoftmaxLoss
 from mmrec_lightning.models import MultimodalRecommender
 
@@ -71,8 +71,10 @@ def rated_dir(tmp_path_factory):
 
 
 def test_training_loss_falls(synthetic_dir, tokenizer_dir):
-    model = _model(tokenizer_dir)
-    batch = _batch(model, synthetic_dir)
+    model = _model(tokenizer_dir, dropout=0.0, modality_dropout=0.0, history_dropout=0.0)  # no noise in the curve
+    dm = _datamodule(model, synthetic_dir)
+    model.loss.set_item_counts(torch.as_tensor(dm.item_train_counts))  # what setup does under a Trainer
+    batch = next(iter(dm.train_dataloader()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     losses = []
@@ -170,6 +172,7 @@ def test_one_fit_step_with_every_head_learned_weights_logq_and_partly_trained_en
         text_args={"config": TWO_LAYER_BERT, "train_blocks": 1},
         fusion=TransformerFusion,
         loss=SampledSoftmaxLoss(logq_correction=True),
+        category_head=CategoryHead,
         contrastive_head=ImageTextContrastiveHead(),
         rating_head=RatingHead,
         loss_weighting="uncertainty",
@@ -273,7 +276,7 @@ def test_a_new_item_is_placed_from_its_content_as_a_cold_catalogue_item_is(synth
     assert model.training
     model.eval()
     with torch.no_grad():
-        expected = model.item_tower(catalogue).vectors
+        expected = model.encode_items(catalogue)
     torch.testing.assert_close(new, expected, atol=1e-5, rtol=1e-4)
     text_only = model.encode_new_items([None], [texts[0]])
     assert text_only.shape == (1, 16) and not torch.allclose(text_only, new[:1])

@@ -154,10 +154,10 @@ def best_model_ranking(best: str, data_path: Path, users: list[int]) -> tuple[np
     data.preprocessing = model.item_preprocessing()
     catalogue, test_users = data.test_dataloader()[CATALOGUE], data.test_dataloader()[USERS].dataset
     with torch.no_grad():
-        encoded = [(batch["item_ids"], model.item_tower(batch)) for batch in catalogue]
-        order = torch.cat([ids for ids, _ in encoded]).argsort()
-        table = torch.cat([e.vectors for _, e in encoded])[order]
-        weights = torch.cat([e.weights for _, e in encoded])[order]
+        encoded = [(batch["item_ids"], model.encode_items(batch), model.item_tower(batch)) for batch in catalogue]
+        order = torch.cat([ids for ids, _, _ in encoded]).argsort()
+        table = torch.cat([vectors for _, vectors, _ in encoded])[order]
+        weights = torch.cat([e.weights for _, _, e in encoded])[order]
         examples = [test_users[int(np.flatnonzero(test_users.users == user)[0])] for user in users]
         batch = data.test_dataloader()[USERS].collate_fn(examples)
         vectors = model.encode_users(batch, table)
