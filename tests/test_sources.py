@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -366,7 +367,7 @@ def test_table_through_the_prepare_command(tmp_path, capsys):
         [
             *("--source", "table", "--output", str(output), "--interactions", str(interactions)),
             *("--user_column", "customer", "--item_column", "sku", "--timestamp_column", "date"),
-            *("--rating_column", "stars", "--items", str(items), "--text_columns", "[title, overview]"),
+            *("--rating_column", "stars", "--items", str(items), "--text_columns", "title", "overview"),
             *("--category_column", "department", "--image_column", "picture"),
             *("--image_root", str(tmp_path / "pictures"), "--split", "temporal", "--split_ratios", "[0.6, 0.2, 0.2]"),
         ]
@@ -382,6 +383,29 @@ def test_table_through_the_prepare_command(tmp_path, capsys):
     assert dataset.metadata["counts"]["interactions"] == {"train": 12, "valid": 4, "test": 4}
     test = dataset.split("test")
     assert set(test.times.tolist()) == {1704412800}  # 2024-01-05 in seconds
+
+
+def test_list_options_take_space_separated_values_or_one_list():
+    from mmrec_lightning.data.prepare import as_typed_lists
+
+    lists = {"--text_columns", "--split_ratios"}
+    typed = ["--text_columns", "title", "plot overview", "--split_ratios", "[0.8, 0.1, 0.1]", "--items", "a.csv"]
+    assert as_typed_lists(typed, lists) == [
+        *("--text_columns", '["title", "plot overview"]', "--split_ratios", "[0.8, 0.1, 0.1]", "--items", "a.csv")
+    ]
+    assert as_typed_lists(["--text_columns", "title"], lists) == ["--text_columns", '["title"]']
+
+
+def test_a_prepared_dataset_is_as_readable_as_the_umask_says(tmp_path):
+    interactions, items = _table_files(tmp_path)
+    previous = os.umask(0o027)
+    try:
+        prepare(["--source", "table", "--output", str(tmp_path / "prepared"), "--interactions", str(interactions),
+                 "--user_column", "customer", "--item_column", "sku"])  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "prepared").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "prepared" / "metadata.json").stat().st_mode & 0o777 == 0o640
 
 
 def test_table_parquet_with_image_bytes_and_no_timestamps(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 from collections.abc import Iterable, Iterator, Sequence
 
 import pyarrow as pa
@@ -31,6 +32,36 @@ def _parser(source: str | None) -> ArgumentParser:
         options, _ = SOURCES[source]
         parser.add_class_arguments(options, nested_key=None, as_group=True)
     return parser
+
+
+def _list_options(options: type) -> set[str]:
+    """The ``--name`` of every option of the source that takes a list."""
+    hints = typing.get_type_hints(options)
+    return {
+        f"--{name}"
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is list or any(typing.get_origin(arg) is list for arg in typing.get_args(hint))
+    }
+
+
+def as_typed_lists(argv: Sequence[str], list_options: set[str]) -> list[str]:
+    """``argv`` with the values of each list option as people type them — ``--text_columns title overview``,
+    as argparse's ``nargs="+"`` reads them — turned into the one JSON list jsonargparse reads; a value given
+    already in list form (``'[title, overview]'``) is left as it is."""
+    result, rest = [], list(argv)
+    while rest:
+        token = rest.pop(0)
+        result.append(token)
+        if token not in list_options:
+            continue
+        values = []
+        while rest and not rest[0].startswith("--"):
+            values.append(rest.pop(0))
+        if len(values) == 1 and values[0].lstrip().startswith("["):
+            result.append(values[0])
+        elif values:
+            result.append(json.dumps(values))
+    return result
 
 
 def summary(dataset: PreparedDataset) -> str:
@@ -65,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     peek.add_argument("--source")
     source = peek.parse_known_args(argv)[0].source
     parser = _parser(source)
+    if source in SOURCES:
+        argv = as_typed_lists(argv, _list_options(SOURCES[source][0]))
     config = parser.parse_args(argv)
     options_class, build = SOURCES[config.source]
     common = {"source", "output", "overwrite", "__path__"}

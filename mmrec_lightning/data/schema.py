@@ -160,6 +160,12 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False)
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
 def write_prepared(
     output: str | Path,
     *,
@@ -184,6 +190,8 @@ def write_prepared(
     _require_columns(users, USERS_SCHEMA, "users")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    # mkdtemp makes the folder private (0700); a dataset is shared (a cluster's group) as the umask says
+    staging.chmod(0o777 & ~_umask())
     try:
         dropped = {"unreadable_images": 0}
         item_counts = _write_table(staging / "items.arrow", ITEMS_SCHEMA, _checked_items(items, dropped))
