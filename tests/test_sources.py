@@ -1,5 +1,6 @@
 """The real-data source adapters, each on a tiny copy of its layout written into tmp_path."""
 
+import dataclasses
 import gzip
 import io
 import json
@@ -105,8 +106,39 @@ def test_source_features_follow_the_items_raw_ids_when_items_are_dropped(tmp_pat
 def test_mmrec_features_must_have_a_row_per_item(tmp_path):
     folder = _mmrec_folder(tmp_path)
     np.save(folder / "text_feat.npy", np.zeros((3, 5), np.float32))
-    with pytest.raises(ConfigurationError, match=r"text_feat.npy: shape \[3, 5\], expected \[4, d\]"):
+    with pytest.raises(ConfigurationError, match=r"text_feat.npy: float32 \[3, 5\], expected a \[4, d\] matrix"):
         SOURCES["mmrec"][1](MMRecOptions(path=str(folder)))
+
+
+def test_mmrec_features_from_anywhere_npy_or_pt_are_recorded_and_summarised(tmp_path):
+    import torch
+
+    from mmrec_lightning.data.prepare import summary
+
+    folder = _mmrec_folder(tmp_path)
+    (folder / "image_feat.npy").rename(tmp_path / "image_feat.npy")  # MMRec's layout: a folder above the .inter
+    text = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, 4.0], [5.0, 6.0]])
+    torch.save(text, tmp_path / "text_feat.pt")
+    options = MMRecOptions(path=str(folder), image_features=str(tmp_path / "image_feat.npy"),
+                           text_features=str(tmp_path / "text_feat.pt"))  # fmt: skip
+    dataset = _prepare(options, tmp_path)
+    np.testing.assert_array_equal(read_features(feature_file(dataset.path, "text")), text.numpy())
+    assert dataset.metadata["features"]["text"] == {
+        "source_file": str((tmp_path / "text_feat.pt").resolve()), "shape": [4, 2], "items_with_features": 3
+    }  # fmt: skip
+    assert dataset.metadata["features"]["image"]["shape"] == [4, 3]
+    assert "text features 2-d for 3 items" in summary(dataset) and "image features 3-d for 4 items" in summary(dataset)
+
+
+def test_a_named_feature_file_must_exist_and_be_a_tensor(tmp_path):
+    folder = _mmrec_folder(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"--text_features .*missing.npy: no such file"):
+        SOURCES["mmrec"][1](MMRecOptions(path=str(folder), text_features=str(tmp_path / "missing.npy")))
+    import torch
+
+    torch.save({"not": "a tensor"}, tmp_path / "dict.pt")
+    with pytest.raises(ConfigurationError, match=r"--text_features .*dict.pt: not a readable .npy array or .pt"):
+        SOURCES["mmrec"][1](MMRecOptions(path=str(folder), text_features=str(tmp_path / "dict.pt")))
 
 
 def test_mmrec_names_the_line_of_a_bad_x_label(tmp_path):
@@ -408,6 +440,23 @@ def test_a_prepared_dataset_is_as_readable_as_the_umask_says(tmp_path):
     assert (tmp_path / "prepared" / "metadata.json").stat().st_mode & 0o777 == 0o640
 
 
+def test_table_features_follow_the_rows_of_the_item_file(tmp_path):
+    interactions, items = _table_files(tmp_path)
+    shuffled = items.read_text().splitlines()
+    items.write_text("\n".join([shuffled[0], *shuffled[:0:-1]]) + "\n")  # s4, s3, ..., s0
+    np.save(tmp_path / "text.npy", np.array([[4.0], [3.0], [2.0], [1.0], [0.0]], np.float32))
+    options = TableOptions(interactions=str(interactions), items=str(items), user_column="customer",
+                           item_column="sku", text_features=str(tmp_path / "text.npy"))  # fmt: skip
+    dataset = _prepare(options, tmp_path)
+    matrix = read_features(feature_file(dataset.path, "text"))
+    raw_ids = dataset.items.column("raw_id").to_pylist()
+    assert {raw: float(row[0]) for raw, row in zip(raw_ids, matrix, strict=True)} == {f"s{i}": i for i in range(5)}
+    too_many = dataclasses.replace(options, text_features=None, image_features=str(tmp_path / "x.npy"))
+    np.save(tmp_path / "x.npy", np.zeros((6, 1), np.float32))
+    with pytest.raises(ConfigurationError, match=r"--image_features .*x.npy: float32 \[6, 1\], expected a \[5, d\]"):
+        SOURCES["table"][1](too_many)
+
+
 def test_table_parquet_with_image_bytes_and_no_timestamps(tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4), "green").save(buffer, format="PNG")
@@ -470,7 +519,7 @@ def test_table_input_errors_are_named(tmp_path):
         read(TableOptions(interactions=str(empty_id), **mapped))
     with pytest.raises(ConfigurationError, match="missing.csv: file not found"):
         read(TableOptions(interactions=str(tmp_path / "missing.csv"), **mapped))
-    with pytest.raises(ConfigurationError, match="--text_columns name item columns: give the item file"):
+    with pytest.raises(ConfigurationError, match="--text_columns describe items: give the item file"):
         TableOptions(interactions=str(interactions), text_columns=["title"])
 
 

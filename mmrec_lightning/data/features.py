@@ -11,6 +11,7 @@ read by models through :class:`mmrec_lightning.encoders.features.ItemFeatures`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,17 +55,57 @@ def record_provenance(dataset: str | Path, modality: str, provenance: dict[str, 
 
 @dataclass(frozen=True)
 class SourceFeatures:
-    """A source's feature matrix in which row ``int(raw_id)`` belongs to an item (MMRec's layout). ``prepare``
-    copies it into the dataset in item order, so rows stay aligned when filtering drops items.
+    """A source's feature matrix with one row per source item: row ``int(raw_id)`` (MMRec's layout), or row
+    ``row_of[raw_id]`` (the order of an item file). ``prepare`` copies it into the dataset in item order, so
+    rows stay aligned when filtering drops items.
 
     Args:
-        path: the ``.npy`` file.
+        path: the ``.npy`` file, or a tensor saved with ``torch.save`` (``.pt``).
+        row_of: each item's row, by raw id; default ``int(raw_id)``.
     """
 
     path: Path
+    row_of: Mapping[str, int] | None = None
 
     def rows(self, raw_ids: np.ndarray) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r")[raw_ids.astype(np.int64)]
+        if self.row_of is None:
+            index = raw_ids.astype(np.int64)
+        else:
+            index = np.fromiter((self.row_of[raw] for raw in raw_ids), dtype=np.int64, count=len(raw_ids))
+        return _load_matrix(self.path)[index]
+
+
+def _load_matrix(path: Path) -> np.ndarray:
+    """``.pt`` through ``torch.load(weights_only=True)`` (tensors only, no code), anything else as ``.npy``
+    memory-mapped (only what is used is read)."""
+    if path.suffix == ".pt":
+        import torch  # only here: the feature files of most sources are .npy
+
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"holds a {type(tensor).__name__}, not a tensor")
+        return tensor.float().numpy()
+    return np.load(path, mmap_mode="r")
+
+
+def source_features(
+    path: str | Path, option: str, num_rows: int, rows_are: str, row_of: Mapping[str, int] | None = None
+) -> SourceFeatures:
+    """The feature file a source option names, checked to be a readable matrix of numbers with ``num_rows``
+    rows (``rows_are`` says which, for the error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(f"{option} {path}: no such file")
+    try:
+        matrix = _load_matrix(path)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConfigurationError(f"{option} {path}: not a readable .npy array or .pt tensor ({error})") from None
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number) or matrix.shape[0] != num_rows:
+        raise ConfigurationError(
+            f"{option} {path}: {matrix.dtype} {list(matrix.shape)}, expected a [{num_rows}, d] matrix of numbers: "
+            f"{rows_are}"
+        )
+    return SourceFeatures(path.resolve(), row_of)
 
 
 def read_features(path: str | Path) -> np.ndarray:

@@ -75,6 +75,11 @@ def summary(dataset: PreparedDataset) -> str:
         f"without training interactions (cold) {counts['items_without_training_interactions']:,}",
         f"  split: {json.dumps(dataset.metadata.get('split', {}))}",
     ]
+    for modality, copied in dataset.metadata.get("features", {}).items():
+        lines.append(
+            f"  {modality} features {copied['shape'][1]}-d for {copied['items_with_features']:,} items "
+            f"(from {copied['source_file']})"
+        )
     dropped = {reason: count for reason, count in dataset.metadata.get("dropped", {}).items() if count}
     lines.append("  dropped: " + (", ".join(f"{reason} {count:,}" for reason, count in dropped.items()) or "nothing"))
     return "\n".join(lines)

@@ -218,14 +218,23 @@ def write_prepared(
             "items_with_text": item_counts["text"],
             "items_without_training_interactions": item_counts["rows"] - len(train_items),
         }
-        dropped = {**metadata.pop("dropped", {}), **dropped}
-        metadata = {"schema_version": SCHEMA_VERSION, **metadata, "counts": counts, "dropped": dropped}
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        copied = {}
         if features:
             raw_ids = np.asarray(_open_table(staging / "items.arrow").column("raw_id").to_pylist())
             for modality, source in features.items():
-                save_features(feature_file(staging, modality), source.rows(raw_ids))
+                matrix = source.rows(raw_ids)
+                save_features(feature_file(staging, modality), matrix)
                 record_provenance(staging, modality, {"source_file": str(source.path)})
+                copied[modality] = {
+                    "source_file": str(source.path),
+                    "shape": list(matrix.shape),
+                    "items_with_features": int(np.any(matrix != 0, axis=1).sum()),  # a zero row: no content
+                }
+        dropped = {**metadata.pop("dropped", {}), **dropped}
+        metadata = {"schema_version": SCHEMA_VERSION, **metadata, "counts": counts, "dropped": dropped}
+        if copied:
+            metadata["features"] = copied
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         PreparedDataset(staging).validate()
         if output.exists():
             shutil.rmtree(output)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec_lightning.data.features import SourceFeatures
+from mmrec_lightning.data.features import SourceFeatures, source_features
 from mmrec_lightning.data.sources.base import SourceData
 from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
 from mmrec_lightning.data.sources.readers import (
@@ -45,10 +45,16 @@ class MMRecOptions(CommonOptions):
     Args:
         path: the folder holding ``<name>.inter`` and optionally ``image_feat.npy`` and ``text_feat.npy``.
         name: the dataset name (reads ``<name>.inter``); default: the folder's only ``.inter`` file.
+        image_features: the image feature matrix (``.npy``, or ``.pt`` saved with ``torch.save``), row i for
+            itemID i, wherever it is (MMRec's own layout keeps it a folder above the ``.inter``); default:
+            ``image_feat.npy`` beside the ``.inter`` file, if there is one.
+        text_features: the text feature matrix, as ``image_features``; default ``text_feat.npy`` beside it.
     """
 
     path: str
     name: str | None = None
+    image_features: str | None = None
+    text_features: str | None = None
 
 
 def _inter_file(folder: Path, name: str | None) -> Path:
@@ -73,24 +79,17 @@ def _indices(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _features(folder: Path, num_items: int, inter: Path) -> dict[str, SourceFeatures]:
-    """The feature files, each checked to hold one row per item (read as a memory map: only the header is
-    loaded)."""
+def _features(options: MMRecOptions, folder: Path, num_items: int, inter: Path) -> dict[str, SourceFeatures]:
+    """The feature files named by ``--image_features`` / ``--text_features``, else those beside the ``.inter``
+    file, each checked to hold one row per item (a ``.npy`` is read as a memory map: only its header)."""
     features = {}
     for modality, name in FEATURE_FILES.items():
-        path = folder / name
-        if not path.is_file():
+        named = getattr(options, f"{modality}_features")
+        path = Path(named) if named is not None else folder / name
+        if named is None and not path.is_file():
             continue
-        try:
-            shape = np.load(path, mmap_mode="r").shape
-        except (OSError, ValueError) as error:
-            raise ConfigurationError(f"{path}: not a readable .npy array ({error})") from None
-        if len(shape) != 2 or shape[0] != num_items:
-            raise ConfigurationError(
-                f"{path}: shape {list(shape)}, expected [{num_items}, d]: one row per item of {inter.name} "
-                f"(itemID 0..{num_items - 1})"
-            )
-        features[modality] = SourceFeatures(path.resolve())
+        rows_are = f"one row per item of {inter.name} (itemID 0..{num_items - 1})"
+        features[modality] = source_features(path, f"--{modality}_features", num_items, rows_are)
     return features
 
 
@@ -114,7 +113,7 @@ def read(options: MMRecOptions) -> SourceData:
         interactions["split"] = labels.to_numpy()
     num_items = int(items.max()) + 1
     item_table = pd.DataFrame({"item": np.arange(num_items).astype(str)})
-    features = _features(folder, num_items, path)
+    features = _features(options, folder, num_items, path)
     data = build("mmrec", options, RawSource(interactions, item_table, str(path), str(path)))
     data.features = features
     return data

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmrec_lightning.data.features import SourceFeatures, source_features
 from mmrec_lightning.data.sources.base import SourceData
 from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
 from mmrec_lightning.data.sources.readers import (
@@ -47,6 +48,9 @@ class TableOptions(CommonOptions):
         split_column: a column holding each interaction's split (``train`` / ``valid`` / ``test``, or 0 / 1 / 2),
             kept with ``--split source`` (or ``auto``).
         delimiter: the field separator of text files.
+        image_features: a precomputed image feature matrix (``.npy``, or ``.pt`` saved with ``torch.save``) with
+            one row per row of ``--items``, in that order; copied into the dataset's ``features/``.
+        text_features: a precomputed text feature matrix, as ``image_features``.
     """
 
     interactions: str
@@ -61,6 +65,8 @@ class TableOptions(CommonOptions):
     category_column: str | None = None
     split_column: str | None = None
     delimiter: str = ","
+    image_features: str | None = None
+    text_features: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -68,10 +74,12 @@ class TableOptions(CommonOptions):
             ("--text_columns", self.text_columns),
             ("--image_column", self.image_column),
             ("--category_column", self.category_column),
+            ("--image_features", self.image_features),
+            ("--text_features", self.text_features),
         )
         named = [flag for flag, value in item_columns if value]
         if self.items is None and named:
-            raise ConfigurationError(f"{', '.join(named)} name item columns: give the item file with --items")
+            raise ConfigurationError(f"{', '.join(named)} describe items: give the item file with --items")
 
 
 def _interactions(options: TableOptions) -> tuple[pd.DataFrame, Path]:
@@ -122,4 +130,17 @@ def read(options: TableOptions) -> SourceData:
         items_path = require_file(options.items, "--items")
         items = _items(options, items_path)
     raw = RawSource(interactions, items, str(interactions_path), str(items_path), options.text_columns)
-    return build("table", options, raw)
+    data = build("table", options, raw)
+    data.features = _features(options, items, items_path)
+    return data
+
+
+def _features(options: TableOptions, items: pd.DataFrame, items_path: Path) -> dict[str, SourceFeatures]:
+    """The feature matrices named by the options, their rows in the order of the item file's rows."""
+    row_of = {raw: row for row, raw in enumerate(items["item"])}
+    rows_are = f"one row per item of {items_path.name}, in its row order"
+    return {
+        modality: source_features(path, f"--{modality}_features", len(items), rows_are, row_of)
+        for modality, path in (("image", options.image_features), ("text", options.text_features))
+        if path is not None
+    }
