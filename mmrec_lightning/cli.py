@@ -4,6 +4,7 @@ test metrics written to JSON, and an optional test of the best checkpoint next t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from argparse import ArgumentError
 from typing import Any, Literal
@@ -30,6 +31,20 @@ from mmrec_lightning.models import Popularity, RecommenderModule
 from mmrec_lightning.report import ReportWriter
 
 REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@20", "map@20", "hit@20")
+
+
+def intra_op_threads(requested: int | None, processes: int, workers: int) -> int | None:
+    """The intra-op threads to use: ``requested``, else — unless ``OMP_NUM_THREADS`` decides — this process's
+    share of the cores it may use, less its data-loader workers. torch's default (every physical core) makes
+    the workers and the ``processes`` of a node compete for the same cores."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigurationError(f"--num_threads must be at least 1, got {requested}")
+        return requested
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(processes, 1) - workers)
 
 
 class RecommenderCLI(LightningCLI):
@@ -84,9 +99,13 @@ class RecommenderCLI(LightningCLI):
             ) from error
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """As Lightning's, with checkpoints written atomically."""
+        """As Lightning's, with checkpoints written atomically and the process's intra-op threads chosen."""
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer.strategy)
+        workers = getattr(getattr(self.datamodule, "hparams", {}), "num_workers", 0) or 0
+        threads = intra_op_threads(self._get(self.config, "num_threads"), trainer.num_devices, workers)
+        if threads is not None:
+            torch.set_num_threads(threads)
         return trainer
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -107,6 +126,14 @@ class RecommenderCLI(LightningCLI):
             "lets NVIDIA GPUs multiply float32 matrices in TF32, 'medium' in bfloat16 (also CPUs with AMX, e.g. "
             "Xeon Sapphire Rapids), with float32 accumulation: several times faster products whose inputs are "
             "rounded to 10 or 8 bits of mantissa",
+        )
+        parser.add_argument(
+            "--num_threads",
+            type=int | None,
+            default=None,
+            help="torch's intra-op threads per process (default: the cores this process may use, shared among the "
+            "node's processes, less one per data-loader worker, which needs a core of its own; OMP_NUM_THREADS, "
+            "when set, is left to decide)",
         )
         parser.add_argument(
             "--test_after_fit",

@@ -232,3 +232,28 @@ def test_the_float32_matmul_precision_is_set_from_the_command_line(precision, sy
         assert torch.get_float32_matmul_precision() == precision
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_intra_op_threads_are_the_process_share_of_its_cores_less_its_workers(monkeypatch):
+    from mmrec_lightning.cli import intra_op_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert intra_op_threads(None, processes=1, workers=0) == 8
+    assert intra_op_threads(None, processes=2, workers=1) == 3  # two DDP processes, a worker each
+    assert intra_op_threads(None, processes=1, workers=12) == 1
+    assert intra_op_threads(3, processes=1, workers=0) == 3  # a config decides
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert intra_op_threads(None, processes=1, workers=0) is None  # so does the environment
+
+
+def test_the_threads_are_set_from_the_config(synthetic_dir):
+    before = torch.get_num_threads()
+    model = {"class_path": "mmrec_lightning.models.MatrixFactorization", "init_args": {"top_k": [5]}}
+    config = {"model": model, "data": {"path": str(synthetic_dir)}, "num_threads": 1}
+    try:
+        torch.set_num_threads(2)
+        RecommenderCLI(args=config, run=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
