@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from argparse import ArgumentError
 from typing import Any, Literal
 
@@ -33,6 +34,17 @@ from mmrec_lightning.report import ReportWriter
 REPORTED = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@20", "map@20", "hit@20")
 
 
+EXPECTED_WARNINGS = (
+    # the training losses are then logged once an epoch instead (RecommenderModule.on_train_start)
+    r"The number of training batches .* is smaller than the logging interval",
+    # frozen encoders stay in eval mode on purpose: batch-norm statistics and dropout as pretrained
+    r"Found .* module\(s\) in eval mode at the start of training",
+    # LightGCN's and FREEDOM's sparse graphs are built here from indices checked against the catalogue
+    r"Sparse invariant checks are implicitly disabled",
+)
+"""Warnings every run of this package would print about what it does on purpose (docs/reliability.md)."""
+
+
 def intra_op_threads(requested: int | None, processes: int, workers: int) -> int | None:
     """The intra-op threads to use: ``requested``, else — unless ``OMP_NUM_THREADS`` decides — this process's
     share of the cores it may use, less its data-loader workers. torch's default (every physical core) makes
@@ -57,6 +69,8 @@ class RecommenderCLI(LightningCLI):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        for message in EXPECTED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
         # raise jsonargparse's errors instead of printing usage and exiting, so that parse_arguments can explain them
         kwargs["parser_kwargs"] = {"exit_on_error": False, **kwargs.get("parser_kwargs", {})}
         try:

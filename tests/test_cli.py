@@ -1,8 +1,10 @@
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -212,7 +214,12 @@ def test_id_baselines_train_and_test_through_the_cli(model, tmp_path, synthetic_
     }  # fmt: skip
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli = RecommenderCLI(args=["fit", "--config", str(path), "--test_after_fit=true"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = RecommenderCLI(args=["fit", "--config", str(path), "--test_after_fit=true"])
+    assert not [w for w in caught if "logging interval" in str(w.message)]
+    metrics = pd.read_csv(Path(cli.trainer.log_dir) / "metrics.csv")
+    assert set(metrics.dropna(subset=["train/loss"])["epoch"]) == {0, 1}  # fewer steps than log_every_n_steps
     results = json.loads((Path(cli.trainer.log_dir) / "test_metrics.json").read_text())
     assert results[model]["users"] == results["Popularity"]["users"] > 0
     assert 0.0 <= results[model]["recall@20"] <= 1.0

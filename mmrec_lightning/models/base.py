@@ -214,6 +214,12 @@ class RecommenderModule(L.LightningModule):
         scores, items = rank_items(users, table, batch["exclude_rows"], batch["exclude_items"], k, self.eval_chunk_size)
         return users, scores, items
 
+    def on_train_start(self) -> None:
+        """An epoch with fewer steps than ``log_every_n_steps`` would log no training loss: log once an epoch."""
+        batches = self.trainer.num_training_batches
+        if batches < self.trainer.log_every_n_steps:
+            self.trainer.log_every_n_steps = max(1, int(batches))
+
     def setup(self, stage: str) -> None:
         counts = getattr(getattr(self.trainer, "datamodule", None), "item_train_counts", None)
         self._cold_items = torch.as_tensor(counts == 0) if counts is not None else None
