@@ -118,17 +118,13 @@ def predicted_metrics(predictions: Path, dataset: PreparedDataset, cold_items: s
 
 def train_and_score(model: str, data: Path, run_dir: Path, seed: int, cold_items: set[str] | None) -> dict[str, float]:
     config = str(run_config(model, data, run_dir, seed))
-    if model == "popularity":  # nothing to train
-        checkpoint: list[str] = []
-        tested = RecommenderCLI(args=["test", "--config", config])
-        reported = {k.removeprefix("test/"): float(v) for k, v in tested.trainer.callback_metrics.items()}
-        epochs = 0
-    else:
-        fitted = RecommenderCLI(args=["fit", "--config", config, "--test_after_fit=true"])
-        writer = next(cb for cb in fitted.trainer.callbacks if isinstance(cb, TestMetricsWriter))
-        reported = next(iter(json.loads(writer.path.read_text()).values()))  # the model's row, before popularity
-        checkpoint = ["--ckpt_path", fitted.trainer.checkpoint_callback.best_model_path]
-        epochs = fitted.trainer.current_epoch
+    trains = model != "popularity"  # popularity has nothing to train
+    command = ["fit", "--config", config, "--test_after_fit=true"] if trains else ["test", "--config", config]
+    cli = RecommenderCLI(args=command)
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, TestMetricsWriter))
+    reported = json.loads(writer.path.read_text())[type(cli.model).__name__]
+    checkpoint = ["--ckpt_path", cli.trainer.checkpoint_callback.best_model_path] if trains else []
+    epochs = cli.trainer.current_epoch if trains else 0
     predicted = RecommenderCLI(args=["predict", "--config", config, *checkpoint])
     writer = next(cb for cb in predicted.trainer.callbacks if isinstance(cb, TopKWriter))
     result = predicted_metrics(writer.paths[0], PreparedDataset(data), cold_items)

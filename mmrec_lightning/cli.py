@@ -1,5 +1,6 @@
 """The training CLI: LightningCLI with the data's sizes linked into the model, the config sent to the loggers,
-test metrics written to JSON, and an optional test of the best checkpoint next to a popularity baseline."""
+and every test written to JSON and printed next to a popularity baseline tested on the same data (after
+`test`, and after `fit --test_after_fit`, which tests the best checkpoint)."""
 
 from __future__ import annotations
 
@@ -168,6 +169,16 @@ class RecommenderCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         best = "best" if checkpoint is not None and checkpoint.best_model_path else None
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best)
+        self._test_popularity()
+
+    def after_test(self) -> None:
+        if not isinstance(self.model, Popularity):
+            self._test_popularity()
+
+    def _test_popularity(self) -> None:
+        """After the model's test: the popularity baseline tested on the same data, logged under its own keys,
+        written next to the model's row of test_metrics.json, and both printed. (``trainer.callback_metrics``
+        then holds the baseline's; the model's metrics are in the file.)"""
         baseline = Popularity(
             num_users=self.model.num_users,
             num_items=self.model.num_items,

@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY_SPEC
 from test_cli import tiny_config
 
-from mmrec_lightning.callbacks import TopKWriter
+from mmrec_lightning.callbacks import TestMetricsWriter, TopKWriter
 from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.data.datasets import EvalUsers, TrainInteractions, user_statistics
 from mmrec_lightning.data.features import feature_file, save_features
@@ -97,7 +97,8 @@ def test_test_metrics_equal_those_recomputed_from_predict(model, tmp_path, featu
         fitted = RecommenderCLI(args=["fit", "--config", str(config), "--test_after_fit=false"])
         checkpoint = ["--ckpt_path", fitted.trainer.checkpoint_callback.best_model_path]
     tested = RecommenderCLI(args=["test", "--config", str(config), *checkpoint])
-    reported = {k.removeprefix("test/"): float(v) for k, v in tested.trainer.callback_metrics.items()}
+    results = next(cb for cb in tested.trainer.callbacks if isinstance(cb, TestMetricsWriter)).path
+    reported = json.loads(results.read_text())[type(tested.model).__name__]
     predicted = RecommenderCLI(args=["predict", "--config", str(config), *checkpoint])
     writer = next(cb for cb in predicted.trainer.callbacks if isinstance(cb, TopKWriter))
     table = pq.read_table(writer.paths[0]).to_pandas()
