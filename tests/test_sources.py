@@ -457,6 +457,27 @@ def test_table_features_follow_the_rows_of_the_item_file(tmp_path):
         SOURCES["table"][1](too_many)
 
 
+def test_image_paths_outside_the_image_folder_are_refused_and_never_read(tmp_path):
+    interactions, items = _table_files(tmp_path)
+    pictures = tmp_path / "pictures"
+    secret = _jpeg(tmp_path / "secret" / "s.jpg", "blue")
+    (pictures / "sub").mkdir()
+    (pictures / "link.jpg").symlink_to(secret)  # a file link pointing out
+    (pictures / "sub" / "out").symlink_to(secret.parent, target_is_directory=True)  # a folder link pointing out
+    names = ["s0.jpg", "../secret/s.jpg", str(secret), "link.jpg", "sub/out/s.jpg"]
+    lines = items.read_text().splitlines()
+    rows = [f"{line.rsplit(',', 1)[0]},{name}" for line, name in zip(lines[1:], names, strict=True)]
+    items.write_text("\n".join([lines[0], *rows]) + "\n")
+    options = TableOptions(interactions=str(interactions), items=str(items), user_column="customer",
+                           item_column="sku", image_column="picture", image_root=str(pictures))  # fmt: skip
+    dataset = _prepare(options, tmp_path)
+    assert dataset.metadata["dropped"]["images_outside_root"] == 4
+    images = {raw: row["image"] for raw, row in _items(dataset).items()}
+    assert images["s0"] is not None and [images[f"s{i}"] for i in range(1, 5)] == [None] * 4
+    secret_bytes = secret.read_bytes()
+    assert not any(secret_bytes in path.read_bytes() for path in dataset.path.rglob("*") if path.is_file())
+
+
 def test_table_parquet_with_image_bytes_and_no_timestamps(tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4), "green").save(buffer, format="PNG")

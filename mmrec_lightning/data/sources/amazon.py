@@ -125,8 +125,10 @@ def read(options: AmazonOptions) -> SourceData:
     reviews_path = require_file(options.reviews, "--reviews")
     items_path = require_file(options.metadata, "--metadata")
     items = _items(items_path)
+    images = None
     if options.images is not None:
         images = require_folder(options.images, "--images")
         items["image_path"] = [str(images / f"{asin}.jpg") for asin in items["item"]]
-    raw = RawSource(_reviews(reviews_path), items, str(reviews_path), str(items_path), ["title", "description"])
+    text = ["title", "description"]
+    raw = RawSource(_reviews(reviews_path), items, str(reviews_path), str(items_path), text, image_root=images)
     return build("amazon", options, raw)

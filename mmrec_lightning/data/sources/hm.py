@@ -97,6 +97,11 @@ def read(options: HMOptions) -> SourceData:
     if images.is_dir():  # the images are a separate, large download
         items["image_path"] = [str(images / article[:3] / f"{article}.jpg") for article in ids]
     raw = RawSource(
-        _transactions(transactions_path, start), items, str(transactions_path), str(articles_path), TEXT_COLUMNS
+        _transactions(transactions_path, start),
+        items,
+        str(transactions_path),
+        str(articles_path),
+        TEXT_COLUMNS,
+        image_root=str(images),
     )
     return build("hm", options, raw)

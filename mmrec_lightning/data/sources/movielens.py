@@ -147,8 +147,9 @@ def read(options: MovieLensOptions) -> SourceData:
     if options.items_csv is not None:
         items = _extra_text(items, options)
         text_columns += options.items_csv_text_columns
+    images = None
     if options.images is not None:
         images = require_folder(options.images, "--images")
         items["image_path"] = [str(images / f"{movie}.jpg") for movie in items["item"]]
-    raw = RawSource(interactions, items, str(folder / layout), str(items_path), text_columns)
+    raw = RawSource(interactions, items, str(folder / layout), str(items_path), text_columns, image_root=images)
     return build("movielens", options, raw)

@@ -111,6 +111,8 @@ class RawSource:
     ``items``: ``item`` (raw id), the ``text_columns``, optional ``category`` (a name) and either ``image``
     (encoded bytes) or ``image_path`` (a file, read only when the item is written).
     The two file names are for messages; ``metadata`` is merged into the prepared dataset's metadata.
+    ``image_root`` is the folder the user named for the images: an ``image_path`` that resolves outside it
+    (``..`` segments, an absolute path, a symbolic link pointing out) is refused and never opened.
     """
 
     interactions: pd.DataFrame
@@ -119,6 +121,7 @@ class RawSource:
     items_file: str
     text_columns: Sequence[str] = ()
     metadata: dict[str, Any] = field(default_factory=dict)
+    image_root: str | Path | None = None
 
 
 # --- images ---------------------------------------------------------------------------------------------------
@@ -141,6 +144,25 @@ def _decode_problem(source: str | bytes) -> str | None:
         return "file not found"
     except Exception as error:  # PIL raises many types for bad data; all mean "unusable"
         return f"{type(error).__name__}: {error}"
+
+
+def _confine_images(items: pd.DataFrame, root: str | Path | None, dropped: dict[str, int]) -> pd.DataFrame:
+    """``items`` with every image path that resolves outside ``root`` removed (counted and warned about): a
+    dataset is someone else's file, and its paths must not make ``prepare`` read anything else."""
+    if "image_path" not in items:
+        return items
+    if root is None:
+        raise ValueError("a source with image paths must name their root folder (RawSource.image_root)")
+    inside = Path(root).resolve()
+    refused = []
+    paths = items["image_path"].tolist()
+    for row, (raw_id, path) in enumerate(zip(items["item"].tolist(), paths, strict=True)):
+        if path is not None and not Path(inside, path).resolve().is_relative_to(inside):
+            refused.append(f"item {raw_id!r}: image path {path} is outside the image folder {root}; refused")
+            paths[row] = None
+    _warn_each(refused, "image paths outside the image folder")
+    _count(dropped, "images_outside_root", len(refused))
+    return items.assign(image_path=pd.Series(paths, index=items.index, dtype=object)) if refused else items
 
 
 def _image_problems(items: pd.DataFrame, decode: bool) -> tuple[np.ndarray, dict[int, str]]:
@@ -410,7 +432,7 @@ def build(name: str, options: CommonOptions, raw: RawSource) -> SourceData:
         raw: the source's tables.
     """
     dropped: dict[str, int] = {}
-    items = _items(raw, dropped)
+    items = _confine_images(_items(raw, dropped), raw.image_root, dropped)
     interactions = _drop_unknown_items(_interactions(raw), items, raw, dropped)
     items, interactions = _drop_items_without(items, interactions, options.drop_items_without, dropped)
     interactions = _filter_min_rating(interactions, options.min_rating, raw, dropped)

@@ -129,7 +129,8 @@ def read(options: TableOptions) -> SourceData:
     else:
         items_path = require_file(options.items, "--items")
         items = _items(options, items_path)
-    raw = RawSource(interactions, items, str(interactions_path), str(items_path), options.text_columns)
+    root = options.image_root if options.image_root is not None else str(items_path.parent)
+    raw = RawSource(interactions, items, str(interactions_path), str(items_path), options.text_columns, image_root=root)
     data = build("table", options, raw)
     data.features = _features(options, items, items_path)
     return data
