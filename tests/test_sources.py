@@ -544,6 +544,19 @@ def test_table_input_errors_are_named(tmp_path):
         TableOptions(interactions=str(interactions), text_columns=["title"])
 
 
+@pytest.mark.parametrize("spelling", ["inf", "-Infinity", "INF"])
+@pytest.mark.parametrize("column", ["stars", "when"])
+def test_an_infinite_rating_or_timestamp_is_an_error_naming_file_line_and_column(tmp_path, spelling, column):
+    good = {"stars": "4", "when": "1700000000"}
+    rows = [good, {**good, column: spelling}]
+    path = _write(tmp_path / "inf.csv", "customer,sku,stars,when\n" + "".join(
+        f"u1,s{i},{row['stars']},{row['when']}\n" for i, row in enumerate(rows)))  # fmt: skip
+    options = TableOptions(interactions=str(path), user_column="customer", item_column="sku",
+                           rating_column="stars", timestamp_column="when")  # fmt: skip
+    with pytest.raises(ConfigurationError, match=rf"inf.csv line 3: {column} '{spelling}' is not a finite number"):
+        SOURCES["table"][1](options)
+
+
 @pytest.mark.parametrize("source", ["mmrec", "movielens", "amazon", "hm", "table"])
 def test_every_source_lists_its_own_and_the_common_options(source, capsys):
     with pytest.raises(SystemExit) as exit_info:

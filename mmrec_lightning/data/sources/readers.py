@@ -147,14 +147,28 @@ def require_ids(column: pd.Series, name: str, at: FileRows) -> pd.Series:
 
 
 def to_numbers(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
-    """Floats from a column; a cell that is not a number is an error naming its row. Empty cells are NaN."""
+    """Floats from a column; a cell that is not a finite number is an error naming its row. Empty cells are NaN
+    (missing)."""
     if pd.api.types.is_numeric_dtype(column):
-        return column.to_numpy(dtype=np.float64, na_value=np.nan)
-    parsed = pd.to_numeric(column, errors="coerce")
-    bad = np.flatnonzero(parsed.isna().to_numpy() & column.notna().to_numpy())
-    if bad.size:
-        raise ConfigurationError(f"{at(bad[0])}: {name} {column.iloc[bad[0]]!r} is not a number ({bad.size} such rows)")
-    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        parsed = pd.to_numeric(column, errors="coerce")
+        bad = np.flatnonzero(parsed.isna().to_numpy() & column.notna().to_numpy())
+        if bad.size:
+            raise ConfigurationError(
+                f"{at(bad[0])}: {name} {column.iloc[bad[0]]!r} is not a number ({bad.size} such rows)"
+            )
+        values = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    _require_finite(values, column, name, at)
+    return values
+
+
+def _require_finite(values: np.ndarray, column: pd.Series, name: str, at: FileRows) -> None:
+    infinite = np.flatnonzero(np.isinf(values))
+    if infinite.size:
+        raise ConfigurationError(
+            f"{at(infinite[0])}: {name} {column.iloc[infinite[0]]!r} is not a finite number ({infinite.size} such rows)"
+        )
 
 
 def to_seconds(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
@@ -167,7 +181,9 @@ def to_seconds(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
     else:
         numbers = pd.to_numeric(column, errors="coerce")
         if numbers.notna().all():
-            return numbers.to_numpy(dtype=np.float64).astype(np.int64)
+            seconds = numbers.to_numpy(dtype=np.float64)
+            _require_finite(seconds, column, name, at)
+            return seconds.astype(np.int64)
         dates = pd.to_datetime(column, format="ISO8601", utc=True, errors="coerce")
         bad = np.flatnonzero(dates.isna().to_numpy())
         if bad.size:
