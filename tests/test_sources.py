@@ -578,3 +578,12 @@ def test_a_configuration_error_from_prepare_is_one_line(tmp_path, monkeypatch, c
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'no'}: folder not found (--path)"
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_imports_neither_torch_nor_lightning():
+    import subprocess
+    import sys
+
+    code = "import sys, mmrec_lightning.data.prepare; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"  # each takes seconds and hundreds of MB to import (benchmarks/prepare_start.py)

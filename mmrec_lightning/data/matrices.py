@@ -6,11 +6,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import lightning as L
 import numpy as np
 
 from mmrec_lightning.atomic import replace_durably, temporary_beside
+
+if TYPE_CHECKING:  # only annotations: importing Lightning would make `prepare` start ten times slower
+    import lightning as L
 
 
 class MatrixWriter:
