@@ -457,8 +457,9 @@ def test_table_features_follow_the_rows_of_the_item_file(tmp_path):
         SOURCES["table"][1](too_many)
 
 
-def test_image_paths_outside_the_image_folder_are_refused_and_never_read(tmp_path):
-    interactions, items = _table_files(tmp_path)
+def test_image_paths_outside_the_image_folder_are_refused_and_never_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the folders named relative to the working directory, as people type them
+    interactions, items = _table_files(Path("."))
     pictures = tmp_path / "pictures"
     secret = _jpeg(tmp_path / "secret" / "s.jpg", "blue")
     (pictures / "sub").mkdir()
@@ -469,7 +470,7 @@ def test_image_paths_outside_the_image_folder_are_refused_and_never_read(tmp_pat
     rows = [f"{line.rsplit(',', 1)[0]},{name}" for line, name in zip(lines[1:], names, strict=True)]
     items.write_text("\n".join([lines[0], *rows]) + "\n")
     options = TableOptions(interactions=str(interactions), items=str(items), user_column="customer",
-                           item_column="sku", image_column="picture", image_root=str(pictures))  # fmt: skip
+                           item_column="sku", image_column="picture", image_root="pictures")  # fmt: skip
     dataset = _prepare(options, tmp_path)
     assert dataset.metadata["dropped"]["images_outside_root"] == 4
     images = {raw: row["image"] for raw, row in _items(dataset).items()}

@@ -157,7 +157,7 @@ def _confine_images(items: pd.DataFrame, root: str | Path | None, dropped: dict[
     refused = []
     paths = items["image_path"].tolist()
     for row, (raw_id, path) in enumerate(zip(items["item"].tolist(), paths, strict=True)):
-        if path is not None and not Path(inside, path).resolve().is_relative_to(inside):
+        if path is not None and not Path(path).resolve().is_relative_to(inside):  # the adapters' root / name
             refused.append(f"item {raw_id!r}: image path {path} is outside the image folder {root}; refused")
             paths[row] = None
     _warn_each(refused, "image paths outside the image folder")
