@@ -545,6 +545,16 @@ def test_table_input_errors_are_named(tmp_path):
         TableOptions(interactions=str(interactions), text_columns=["title"])
 
 
+def test_a_timestamp_column_may_mix_epoch_seconds_and_iso_dates(tmp_path):
+    from mmrec_lightning.data.sources.readers import FileRows, to_seconds
+
+    column = pd.Series(["1704067200", "2024-01-02", "2024-01-03T00:00:10Z", "1704326400.0"], dtype=object)
+    seconds = to_seconds(column, "when", FileRows(tmp_path / "t.csv", 2))
+    assert seconds.tolist() == [1704067200, 1704153600, 1704240010, 1704326400]
+    with pytest.raises(ConfigurationError, match=r"t.csv line 3: when 'soon' is neither .* \(1 such rows\)"):
+        to_seconds(pd.Series(["1704067200", "soon"], dtype=object), "when", FileRows(tmp_path / "t.csv", 2))
+
+
 @pytest.mark.parametrize("spelling", ["inf", "-Infinity", "INF"])
 @pytest.mark.parametrize("column", ["stars", "when"])
 def test_an_infinite_rating_or_timestamp_is_an_error_naming_file_line_and_column(tmp_path, spelling, column):

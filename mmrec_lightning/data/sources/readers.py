@@ -172,24 +172,31 @@ def _require_finite(values: np.ndarray, column: pd.Series, name: str, at: FileRo
 
 
 def to_seconds(column: pd.Series, name: str, at: FileRows) -> np.ndarray:
-    """Seconds since 1970 from numbers (taken as seconds) or ISO 8601 dates / date-times (UTC unless they say)."""
+    """Seconds since 1970 from numbers (taken as seconds) or ISO 8601 dates / date-times (UTC unless they say),
+    cell by cell: a column may mix the two."""
     empty = np.flatnonzero(column.isna().to_numpy())
     if empty.size:
         raise ConfigurationError(f"{at(empty[0])}: empty {name} ({empty.size} such rows)")
     if pd.api.types.is_datetime64_any_dtype(column):
-        dates = pd.to_datetime(column, utc=True)
-    else:
-        numbers = pd.to_numeric(column, errors="coerce")
-        if numbers.notna().all():
-            seconds = numbers.to_numpy(dtype=np.float64)
-            _require_finite(seconds, column, name, at)
-            return seconds.astype(np.int64)
-        dates = pd.to_datetime(column, format="ISO8601", utc=True, errors="coerce")
+        return _since_1970(pd.to_datetime(column, utc=True))
+    numbers = pd.to_numeric(column, errors="coerce")
+    seconds = numbers.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)  # filled in below
+    _require_finite(seconds, column, name, at)
+    dated = np.flatnonzero(np.isnan(seconds))
+    if dated.size:
+        texts = column.iloc[dated].astype(str)
+        dates = pd.to_datetime(texts, format="ISO8601", utc=True, errors="coerce")
         bad = np.flatnonzero(dates.isna().to_numpy())
         if bad.size:
+            row = dated[bad[0]]
             raise ConfigurationError(
-                f"{at(bad[0])}: {name} {column.iloc[bad[0]]!r} is neither a number of seconds nor an ISO date "
+                f"{at(row)}: {name} {column.iloc[row]!r} is neither a number of seconds nor an ISO date "
                 f"({bad.size} such rows)"
             )
-    # Independent of the datetime resolution (pandas 3 infers seconds or microseconds).
+        seconds[dated] = _since_1970(dates)
+    return seconds.astype(np.int64)
+
+
+def _since_1970(dates: pd.Series) -> np.ndarray:
+    # independent of the datetime resolution (pandas 3 infers seconds or microseconds)
     return ((dates - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
