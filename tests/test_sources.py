@@ -545,6 +545,22 @@ def test_table_input_errors_are_named(tmp_path):
         TableOptions(interactions=str(interactions), text_columns=["title"])
 
 
+def test_a_modality_that_cannot_be_used_stops_prepare(tmp_path):
+    interactions, items = _table_files(tmp_path)  # one image of five exists
+    table = {"interactions": str(interactions), "items": str(items), "user_column": "customer", "item_column": "sku"}
+    read = SOURCES["table"][1]
+    with pytest.raises(ConfigurationError, match=r"products.csv: 4 of the 5 images cannot be used \(80%\)"):
+        read(TableOptions(**table, image_column="picture", image_root=str(tmp_path / "pictures"),
+                          max_unusable_fraction=0.5))  # fmt: skip
+    assert read(TableOptions(**table, image_column="picture", image_root=str(tmp_path / "pictures")))
+    (tmp_path / "pictures" / "s0.jpg").unlink()
+    with pytest.raises(ConfigurationError, match=r"products.csv: 5 of the 5 images cannot be used \(100%\); check"):
+        read(TableOptions(**table, image_column="picture", image_root=str(tmp_path / "pictures")))
+    blank = _write(tmp_path / "blank.csv", "sku,note\n" + "".join(f"s{i},  \n" for i in range(5)))
+    with pytest.raises(ConfigurationError, match=r"blank.csv: 5 of the 5 texts cannot be used"):
+        read(TableOptions(**{**table, "items": str(blank)}, text_columns=["note"]))
+
+
 def test_a_timestamp_column_may_mix_epoch_seconds_and_iso_dates(tmp_path):
     from mmrec_lightning.data.sources.readers import FileRows, to_seconds
 

@@ -68,6 +68,9 @@ class CommonOptions:
         split_ratios: train, valid and test fractions (summing to 1) of the random, temporal and cold splits.
         cold_item_fraction: fraction of the items with interactions that ``--split cold`` keeps out of training.
         seed: seed of the random choices of the random and cold splits.
+        max_unusable_fraction: stop when more than this fraction of the images given (or of the items' texts)
+            cannot be used — missing, outside the image folder, empty; default: stop only when none can, rather
+            than write a dataset whose modality is all placeholders.
     """
 
     k_core: int = 0
@@ -78,6 +81,7 @@ class CommonOptions:
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     cold_item_fraction: float = 0.1
     seed: int = 0
+    max_unusable_fraction: float | None = None
 
     def __post_init__(self) -> None:
         # The CLI checks the Literal choices; code constructing options directly is checked here.
@@ -96,6 +100,8 @@ class CommonOptions:
                 "to 1, with train > 0"
             )
         object.__setattr__(self, "split_ratios", ratios)  # the CLI may hand over a list
+        if self.max_unusable_fraction is not None and not 0 <= self.max_unusable_fraction <= 1:
+            raise ConfigurationError(f"--max_unusable_fraction must be in [0, 1], got {self.max_unusable_fraction}")
         if not 0 <= self.cold_item_fraction < 1:
             raise ConfigurationError(f"--cold_item_fraction must be in [0, 1), got {self.cold_item_fraction}")
         if self.split == "cold" and ratios[1] + ratios[2] == 0:
@@ -163,6 +169,28 @@ def _confine_images(items: pd.DataFrame, root: str | Path | None, dropped: dict[
     _warn_each(refused, "image paths outside the image folder")
     _count(dropped, "images_outside_root", len(refused))
     return items.assign(image_path=pd.Series(paths, index=items.index, dtype=object)) if refused else items
+
+
+def _check_usable(items: pd.DataFrame, raw: RawSource, limit: float | None, dropped: dict[str, int]) -> None:
+    """Stops ``prepare`` when a modality the user asked for is (beyond ``limit``) unusable."""
+    asked = []
+    if "image_path" in items:
+        paths = [path for path in items["image_path"] if path is not None]
+        tried = len(paths) + dropped.get("images_outside_root", 0)  # those were given too, and refused
+        unusable = tried - sum(Path(path).is_file() for path in paths)
+        asked.append(("images", tried, unusable, "check --image_root / --images and the image column"))
+    if raw.text_columns:
+        empty = int(items["text"].isna().sum())
+        asked.append(("texts", len(items), empty, f"check --text_columns {list(raw.text_columns)}"))
+    for what, tried, unusable, fix in asked:
+        if tried == 0:
+            continue
+        fraction = unusable / tried
+        if (limit is None and unusable == tried) or (limit is not None and fraction > limit):
+            raise ConfigurationError(
+                f"{raw.items_file}: {unusable:,} of the {tried:,} {what} cannot be used ({fraction:.0%}); {fix}, "
+                "or raise --max_unusable_fraction"
+            )
 
 
 def _image_problems(items: pd.DataFrame, decode: bool) -> tuple[np.ndarray, dict[int, str]]:
@@ -443,6 +471,7 @@ def build(name: str, options: CommonOptions, raw: RawSource) -> SourceData:
             f"no interaction of {raw.interactions_file} is left after filtering (dropped: {dropped}); relax "
             "--k_core, --min_rating or --drop_items_without"
         )
+    _check_usable(items, raw, options.max_unusable_fraction, dropped)
     if "image" not in options.drop_items_without:  # else every image was checked (and decoded) already
         has_image, problems = _image_problems(items, decode=False)
         _warn_each([f"{message}; kept without an image" for message in problems.values()], "missing images")
