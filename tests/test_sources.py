@@ -561,6 +561,17 @@ def test_a_modality_that_cannot_be_used_stops_prepare(tmp_path):
         read(TableOptions(**{**table, "items": str(blank)}, text_columns=["note"]))
 
 
+def test_text_files_are_utf8_with_or_without_a_bom_and_others_take_an_encoding(tmp_path):
+    interactions = _write(tmp_path / "bom.csv", "\ufeffcustomer,sku\nu1,s1\nu2,s2\n", encoding="utf-8")
+    options = {"user_column": "customer", "item_column": "sku"}
+    assert SOURCES["table"][1](TableOptions(interactions=str(interactions), **options))  # the BOM is no column name
+    latin = _write(tmp_path / "latin.csv", "customer,sku\nJosé,s1\nu2,s2\n", encoding="latin-1")
+    with pytest.raises(ConfigurationError, match=r"latin.csv: not utf-8-sig text .*give its encoding with --encoding"):
+        SOURCES["table"][1](TableOptions(interactions=str(latin), **options))
+    data = SOURCES["table"][1](TableOptions(interactions=str(latin), encoding="latin-1", **options))
+    assert "José" in set(data.users.column("raw_id").to_pylist())
+
+
 def test_a_timestamp_column_may_mix_epoch_seconds_and_iso_dates(tmp_path):
     from mmrec_lightning.data.sources.readers import FileRows, to_seconds
 

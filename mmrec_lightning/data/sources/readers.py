@@ -72,8 +72,9 @@ def read_delimited(
     *,
     optional: Sequence[str] = (),
     header: bool = True,
-    encoding: str = "utf-8",
+    encoding: str = "utf-8-sig",
     quoted: bool = True,
+    encoding_option: str | None = None,
 ) -> pd.DataFrame:
     """Read ``columns`` of a delimited text file, every cell a string (ids keep their leading zeros) and only
     empty cells missing. Without a header, ``columns`` name the fields in order and their count must match.
@@ -84,15 +85,17 @@ def read_delimited(
         columns: the columns to read.
         optional: columns read when the header has them.
         header: whether the first line names the columns.
-        encoding: the text encoding.
+        encoding: the text encoding (default UTF-8, with or without a byte-order mark).
         quoted: whether fields may be quoted (MovieLens titles hold bare quotes: pass False).
+        encoding_option: the option that sets ``encoding``, named in the error for a file in another encoding.
     """
+    fix = f"; give its encoding with {encoding_option} (e.g. latin-1, cp1252)" if encoding_option else ""
     source: Path | io.StringIO = path
     if len(sep) > 1:  # the fast C parser takes one character: swap the separator for a control character
         try:
             source = io.StringIO(path.read_text(encoding=encoding).replace(sep, "\x1f"))
         except UnicodeDecodeError as error:
-            raise ConfigurationError(f"{path}: not {encoding} text ({error.reason} at byte {error.start})") from None
+            raise _not_text(path, encoding, error, fix) from None
     options: dict[str, Any] = {
         "sep": "\x1f" if len(sep) > 1 else sep,
         "dtype": str,
@@ -122,13 +125,20 @@ def read_delimited(
     except pd.errors.ParserError as error:
         raise ConfigurationError(f"{path}: cannot be read with delimiter {sep!r} ({error})".strip()) from None
     except UnicodeDecodeError as error:
-        raise ConfigurationError(f"{path}: not {encoding} text ({error.reason} at byte {error.start})") from None
+        raise _not_text(path, encoding, error, fix) from None
 
 
-def read_table(path: Path, delimiter: str, columns: Sequence[str]) -> tuple[pd.DataFrame, FileRows]:
+def _not_text(path: Path, encoding: str, error: UnicodeDecodeError, fix: str) -> ConfigurationError:
+    return ConfigurationError(f"{path}: not {encoding} text ({error.reason} at byte {error.start}){fix}")
+
+
+def read_table(
+    path: Path, delimiter: str, columns: Sequence[str], encoding: str = "utf-8-sig", encoding_option: str | None = None
+) -> tuple[pd.DataFrame, FileRows]:
     """Read ``columns`` of a Parquet file (by its extension) or a delimited text file with a header."""
     if path.suffix.lower() not in PARQUET_SUFFIXES:
-        return read_delimited(path, delimiter, columns), FileRows(path, 2)
+        frame = read_delimited(path, delimiter, columns, encoding=encoding, encoding_option=encoding_option)
+        return frame, FileRows(path, 2)
     try:
         found = pq.read_schema(path).names
     except (OSError, pa.ArrowInvalid) as error:

@@ -48,6 +48,8 @@ class TableOptions(CommonOptions):
         split_column: a column holding each interaction's split (``train`` / ``valid`` / ``test``, or 0 / 1 / 2),
             kept with ``--split source`` (or ``auto``).
         delimiter: the field separator of text files.
+        encoding: the encoding of text files (``utf-8``, with or without a byte-order mark; ``latin-1``,
+            ``cp1252``, …).
         image_features: a precomputed image feature matrix (``.npy``, or ``.pt`` saved with ``torch.save``) with
             one row per row of ``--items``, in that order; copied into the dataset's ``features/``.
         text_features: a precomputed text feature matrix, as ``image_features``.
@@ -65,6 +67,7 @@ class TableOptions(CommonOptions):
     category_column: str | None = None
     split_column: str | None = None
     delimiter: str = ","
+    encoding: str = "utf-8-sig"
     image_features: str | None = None
     text_features: str | None = None
 
@@ -87,7 +90,7 @@ def _interactions(options: TableOptions) -> tuple[pd.DataFrame, Path]:
     named = {"user": options.user_column, "item": options.item_column}
     named |= {"timestamp": options.timestamp_column, "rating": options.rating_column, "split": options.split_column}
     named = {key: column for key, column in named.items() if column is not None}
-    frame, at = read_table(path, options.delimiter, list(named.values()))
+    frame, at = read_table(path, options.delimiter, list(named.values()), options.encoding, "--encoding")
     table = pd.DataFrame(
         {
             "user": require_ids(frame[options.user_column], options.user_column, at),
@@ -106,7 +109,7 @@ def _interactions(options: TableOptions) -> tuple[pd.DataFrame, Path]:
 def _items(options: TableOptions, path: Path) -> pd.DataFrame:
     optional = [options.image_column, options.category_column]
     columns = [options.item_column, *options.text_columns, *(column for column in optional if column is not None)]
-    frame, at = read_table(path, options.delimiter, columns)
+    frame, at = read_table(path, options.delimiter, columns, options.encoding, "--encoding")
     items = frame[list(options.text_columns)].assign(item=require_ids(frame[options.item_column], "item id", at))
     if options.category_column is not None:
         items["category"] = frame[options.category_column]
