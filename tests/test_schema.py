@@ -70,6 +70,18 @@ def test_an_unreadable_image_is_dropped_with_a_counted_warning(tmp_path, caplog)
     assert "item 3" in caplog.text and "raw id 'i3'" in caplog.text
 
 
+def test_a_truncated_jpeg_is_unreadable_at_prepare_not_first_in_training(tmp_path):
+    interactions, items, users = _tables()
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="JPEG")
+    truncated = buffer.getvalue()[: len(buffer.getvalue()) // 2]  # headers intact: PIL's verify() passes it
+    items = items.set_column(4, "image", pa.array([truncated, None, None, None], pa.binary()))
+    path = write_prepared(tmp_path / "d", interactions=interactions, items=items.to_batches(), users=users, metadata={})
+    dataset = PreparedDataset(path)
+    assert dataset.items.column("image")[0].as_py() is None
+    assert dataset.metadata["dropped"]["unreadable_images"] == 1
+
+
 def test_interactions_naming_an_unknown_item_are_refused_with_the_row(tmp_path):
     interactions, items, users = _tables()
     interactions = interactions.set_column(1, "item", pa.array([0, 1, 2, 3, 0, 9], pa.int32()))

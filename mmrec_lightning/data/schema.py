@@ -73,11 +73,12 @@ def _require_columns(table: pa.Table | pa.RecordBatch, schema: pa.Schema, what: 
             raise PreparedDatasetError(f"{what}: missing column {name!r} (expected {schema.names})")
 
 
-def _image_readable(data: bytes) -> str | None:
-    """None if ``data`` decodes as an image, else the reason it does not."""
+def image_problem(data: bytes) -> str | None:
+    """None if ``data`` decodes as an image, wholly, else the reason it does not: a full decode, not PIL's
+    ``verify``, which passes a truncated JPEG that training would then fail on."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.verify()
+            image.load()
         return None
     except Exception as error:  # PIL raises many types for bad data; all mean "unusable"
         return f"{type(error).__name__}: {error}"
@@ -105,7 +106,7 @@ def _checked_items(batches: Iterable[pa.RecordBatch | pa.Table], report: dict[st
             seen.add(raw)
         images = batch.column("image").to_pylist()
         for offset, data in enumerate(images):
-            reason = _image_readable(data) if data is not None else None
+            reason = image_problem(data) if data is not None else None
             if reason is not None:
                 log.warning(
                     "item %d (raw id %r): image unreadable (%s); kept without an image",
