@@ -543,6 +543,12 @@ def test_table_input_errors_are_named(tmp_path):
         read(TableOptions(interactions=str(tmp_path / "missing.csv"), **mapped))
     with pytest.raises(ConfigurationError, match="--text_columns describe items: give the item file"):
         TableOptions(interactions=str(interactions), text_columns=["title"])
+    header_only = _write(tmp_path / "header.csv", "customer,sku\n")
+    with pytest.raises(ConfigurationError, match=r"header.csv: no interactions \(only a header\?\)"):
+        read(TableOptions(interactions=str(header_only), **mapped))
+    no_items = _write(tmp_path / "no_items.csv", "sku,title\n")
+    with pytest.raises(ConfigurationError, match=r"no_items.csv: no items \(only a header\?\)"):
+        read(TableOptions(interactions=str(interactions), items=str(no_items), text_columns=["title"], **mapped))
 
 
 def test_a_modality_that_cannot_be_used_stops_prepare(tmp_path):

@@ -457,6 +457,10 @@ def build(name: str, options: CommonOptions, raw: RawSource) -> SourceData:
         options: the filtering and splitting options (the adapter's options, which inherit them).
         raw: the source's tables.
     """
+    if raw.interactions.empty:
+        raise ConfigurationError(f"{raw.interactions_file}: no interactions (only a header?)")
+    if raw.items.empty:
+        raise ConfigurationError(f"{raw.items_file}: no items (only a header?)")
     dropped: dict[str, int] = {}
     items = _confine_images(_items(raw, dropped), raw.image_root, dropped)
     interactions = _drop_unknown_items(_interactions(raw), items, raw, dropped)
