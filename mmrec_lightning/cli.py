@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import warnings
 from argparse import ArgumentError
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -60,6 +62,22 @@ def intra_op_threads(requested: int | None, processes: int, workers: int) -> int
     return max(1, cores // max(processes, 1) - workers)
 
 
+def require_checkpoint(path: str) -> None:
+    """A one-line :class:`ConfigurationError` unless ``path`` holds a Lightning checkpoint (read tensors only)."""
+    fix = "pass a .ckpt written by fit (its run's checkpoints folder)"
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as error:  # empty, truncated, foreign
+        what = (
+            "is empty" if Path(path).stat().st_size == 0 else f"cannot be read by torch.load ({type(error).__name__})"
+        )
+        raise ConfigurationError(
+            f"{path} {what}: not a whole checkpoint (truncated, or another kind of file); {fix}"
+        ) from None
+    if not isinstance(content, dict) or not {"state_dict", "pytorch-lightning_version"} <= content.keys():
+        raise ConfigurationError(f"{path}: holds no Lightning checkpoint (no state_dict and Lightning version); {fix}")
+
+
 class RecommenderCLI(LightningCLI):
     """``python -m mmrec_lightning {fit,validate,test,predict} --config …``.
 
@@ -103,7 +121,10 @@ class RecommenderCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """As Lightning's (the model's hyper-parameters are read from ``--ckpt_path``), but hyper-parameters the
-        parser refuses raise a one-line :class:`ConfigurationError`."""
+        parser refuses raise a one-line :class:`ConfigurationError`, as does a file that is no checkpoint."""
+        checkpoint = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if checkpoint and Path(checkpoint).is_file():
+            require_checkpoint(checkpoint)
         try:
             super()._parse_ckpt_path()
         except ArgumentError as error:

@@ -1,6 +1,7 @@
 """Mistakes in a config, and configs that cannot work, stop `python -m mmrec_lightning fit` before training with
 one line on stderr that names the key (or file) and the fix, and exit status 2."""
 
+import re
 import warnings
 from pathlib import Path
 
@@ -192,3 +193,25 @@ def test_a_checkpoint_with_refused_hyper_parameters_is_one_line_naming_it(
         f"error: {path}: the model hyper-parameters saved in it are refused: model.init_args.embed_dim must be int, "
         f"got 'wide'; {HELP}"
     ]
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict", "export"])
+def test_a_corrupt_or_foreign_checkpoint_is_one_line_naming_it(command, trained, tmp_path, monkeypatch, capsys):
+    whole = (trained.parent / "checkpoints" / "last.ckpt").read_bytes()
+    files = {
+        "empty.ckpt": (b"", "is empty"),
+        "truncated.ckpt": (whole[: len(whole) // 2], "cannot be read"),
+        "random.ckpt": (bytes(range(256)) * 8, "cannot be read"),
+    }
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.ckpt")  # a torch file, but no Lightning checkpoint
+    for name, (content, _) in files.items():
+        (tmp_path / name).write_bytes(content)
+    expected = {name: what for name, (_, what) in files.items()} | {"foreign.ckpt": "holds no Lightning checkpoint"}
+    for name, what in expected.items():
+        monkeypatch.setattr("sys.argv", ["mmrec_lightning", command, "--config", str(trained), "--ckpt_path",
+                                         str(tmp_path / name)])  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            entry_point()
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and re.match(rf"error: {tmp_path / name}:? {what}", lines[0]), lines
