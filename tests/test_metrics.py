@@ -107,7 +107,7 @@ def test_warm_and_cold_targets_are_scored_on_the_same_ranking():
 
     model = Popularity(num_users=1, num_items=5, top_k=[2])
     model._item_table = torch.tensor([[5.0], [4.0], [3.0], [0.0], [0.0]])
-    model._cold_items = torch.tensor([False, False, False, True, True])
+    model._cold_group = torch.tensor([False, False, False, True, True])
     batch = {
         "users": torch.tensor([0]),
         "exclude_rows": torch.tensor([0]),

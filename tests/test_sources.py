@@ -513,6 +513,39 @@ def test_table_keeps_its_own_split_column(tmp_path, labels):
     assert list(dataset.split("test").row(a)) == [2] and list(dataset.split("valid").row(b)) == [0]
 
 
+def test_designated_cold_items_are_recorded_and_evaluated_as_the_cold_group(tmp_path):
+    from mmrec_lightning.data.datamodule import RecDataModule
+
+    rows = [("a", 1, "train"), ("a", 2, "train"), ("b", 1, "train"), ("b", 2, "train"), ("c", 2, "train")]
+    rows += [("a", 3, "test"), ("b", 4, "valid"), ("b", 3, "test"), ("c", 4, "test"), ("c", 1, "valid")]
+    events = _write(tmp_path / "events.csv", "user_id,item_id,part\n" + "".join(f"{u},{i},{p}\n" for u, i, p in rows))
+    designated = _write(tmp_path / "cold.csv", "item_id\n3\n")  # 4 occurs outside training too, by chance
+    options = TableOptions(interactions=str(events), split_column="part", split="source", cold_items=str(designated))
+    dataset = _prepare(options, tmp_path)
+    item_ids = dataset.items.column("raw_id").to_pylist()
+    assert dataset.metadata["split"]["designated_cold_items"] == [item_ids.index("3")]
+    assert dataset.metadata["split"]["cold_items"] == 2  # both lack training interactions
+    data = RecDataModule(path=str(dataset.path), history_length=2)
+    data.setup("test")
+    assert [item_ids[i] for i in np.flatnonzero(data.cold_item_group)] == ["3"]
+    unknown = _write(tmp_path / "unknown.csv", "item_id\n3\n9\n")
+    with pytest.raises(ConfigurationError, match=r"unknown.csv line 3: item '9' is not in the catalogue"):
+        _prepare(dataclasses.replace(options, cold_items=str(unknown)), tmp_path / "again")
+    with pytest.raises(ConfigurationError, match="--cold_items names the cold items of a split of your own"):
+        TableOptions(interactions=str(events), split="random", cold_items=str(designated))
+
+
+def test_the_cold_split_records_the_items_it_chose(tmp_path):
+    interactions, _ = _table_files(tmp_path)
+    options = TableOptions(interactions=str(interactions), user_column="customer", item_column="sku", split="cold",
+                           cold_item_fraction=0.4)  # fmt: skip
+    dataset = _prepare(options, tmp_path)
+    chosen = dataset.metadata["split"]["designated_cold_items"]
+    assert len(chosen) == dataset.metadata["split"]["cold_items_chosen"] == 2
+    train_items = set(dataset.split("train").items.tolist())
+    assert not set(chosen) & train_items
+
+
 def test_a_bad_split_label_names_the_file_and_the_interaction(tmp_path):
     events = _write(tmp_path / "events.csv", "user_id,item_id,part\na,1,train\na,2,holdout\n")
     with pytest.raises(ConfigurationError, match=r"events.csv, interaction 2: split 'holdout' is not train, valid"):

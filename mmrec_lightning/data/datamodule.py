@@ -122,6 +122,11 @@ class RecDataModule(L.LightningDataModule):
         self.dataset = dataset
         self.train_split = dataset.split("train")
         self.item_train_counts = np.bincount(self.train_split.items, minlength=dataset.num_items)
+        designated = dataset.metadata.get("split", {}).get("designated_cold_items")
+        # the items evaluated as "cold": the split's designated cold items, else those without training interactions
+        self.cold_item_group = (
+            self.item_train_counts == 0 if designated is None else np.isin(np.arange(dataset.num_items), designated)
+        )
         if self.trainer is not None and hasattr(self.trainer.lightning_module, "item_preprocessing"):
             self.preprocessing = self.trainer.lightning_module.item_preprocessing()
         for name in ("train", "valid", "test"):

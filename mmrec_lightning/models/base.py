@@ -121,6 +121,7 @@ class RecommenderModule(L.LightningModule):
         self.test_metrics = RankingMetrics(top_k)
         self.test_group_metrics = nn.ModuleDict({group: RankingMetrics(top_k) for group in ("warm", "cold")})
         self._cold_items: torch.Tensor | None = None
+        self._cold_group: torch.Tensor | None = None
         self._item_chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._item_table: torch.Tensor | None = None
 
@@ -221,8 +222,11 @@ class RecommenderModule(L.LightningModule):
             self.trainer.log_every_n_steps = max(1, int(batches))
 
     def setup(self, stage: str) -> None:
-        counts = getattr(getattr(self.trainer, "datamodule", None), "item_train_counts", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        counts = getattr(datamodule, "item_train_counts", None)
         self._cold_items = torch.as_tensor(counts == 0) if counts is not None else None
+        group = getattr(datamodule, "cold_item_group", None)  # the split's designated cold items, if it has them
+        self._cold_group = torch.as_tensor(group) if group is not None else self._cold_items
         loss = getattr(self, "loss", None)
         if counts is not None and isinstance(loss, RecommendationLoss):  # for popularity-corrected losses
             loss.set_item_counts(torch.as_tensor(counts, device=self.device))
@@ -235,8 +239,8 @@ class RecommenderModule(L.LightningModule):
             return
         _, _, top = self._score_users(batch, metrics.max_k)
         targets = [("all", metrics, batch["target_rows"], batch["target_items"])]
-        if groups is not None and self._cold_items is not None:
-            cold = self._cold_items.to(top.device)[batch["target_items"]]
+        if groups is not None and self._cold_group is not None:
+            cold = self._cold_group.to(top.device)[batch["target_items"]]
             for name, keep in (("warm", ~cold), ("cold", cold)):
                 targets.append((name, groups[name], batch["target_rows"][keep], batch["target_items"][keep]))
         for _, metric, rows, items in targets:

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from mmrec_lightning.data.schema import ITEMS_SCHEMA, SPLIT_CODES, image_problem
 from mmrec_lightning.data.sources.base import SourceData
+from mmrec_lightning.data.sources.readers import require_file
 from mmrec_lightning.data.sources.splits import (
     TRAIN,
     choose_cold_items,
@@ -66,6 +67,9 @@ class CommonOptions:
         split_ratios: train, valid and test fractions (summing to 1) of the random, temporal and cold splits.
         cold_item_fraction: fraction of the items with interactions that ``--split cold`` keeps out of training.
         seed: seed of the random choices of the random and cold splits.
+        cold_items: a file naming the designated cold items of a split of your own (``--split source``): a
+            table with a header whose first column holds item ids. Recorded, and evaluated as the ``cold`` group
+            in place of "the test items without a training interaction" (``--split cold`` records its own).
         max_unusable_fraction: stop when more than this fraction of the images given (or of the items' texts)
             cannot be used — missing, outside the image folder, empty; default: stop only when none can, rather
             than write a dataset whose modality is all placeholders.
@@ -79,6 +83,7 @@ class CommonOptions:
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     cold_item_fraction: float = 0.1
     seed: int = 0
+    cold_items: str | None = None
     max_unusable_fraction: float | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +103,8 @@ class CommonOptions:
                 "to 1, with train > 0"
             )
         object.__setattr__(self, "split_ratios", ratios)  # the CLI may hand over a list
+        if self.cold_items is not None and self.split not in ("source", "auto"):
+            raise ConfigurationError("--cold_items names the cold items of a split of your own: use --split source")
         if self.max_unusable_fraction is not None and not 0 <= self.max_unusable_fraction <= 1:
             raise ConfigurationError(f"--max_unusable_fraction must be in [0, 1], got {self.max_unusable_fraction}")
         if not 0 <= self.cold_item_fraction < 1:
@@ -417,7 +424,26 @@ def _split(
         split = cold_item_split(users, np.isin(items, chosen), options.split_ratios, rng)
         info["cold_items_chosen"] = len(chosen)
         info["cold_item_fraction"] = options.cold_item_fraction
+        info["designated_cold_items"] = sorted(int(item) for item in chosen)
     return split, info
+
+
+def _designated_cold_items(path: str, item_ids: list[str]) -> list[int]:
+    """The item indices of the ids in the first column of the ``--cold_items`` table."""
+    file = require_file(path, "--cold_items")
+    try:
+        frame = pd.read_csv(file, dtype=str, usecols=[0], keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as error:  # ValueError: not UTF-8
+        raise ConfigurationError(f"{file}: not a table of item ids with a header ({error}); --cold_items") from None
+    ids = frame.iloc[:, 0].str.strip()
+    index = pd.Index(item_ids).get_indexer(ids)
+    unknown = np.flatnonzero(index < 0)
+    if unknown.size:
+        raise ConfigurationError(
+            f"{file} line {unknown[0] + 2}: item {ids.iloc[unknown[0]]!r} is not in the catalogue "
+            f"({unknown.size} such rows; --cold_items)"
+        )
+    return sorted(set(index.tolist()))
 
 
 # --- the whole ------------------------------------------------------------------------------------------------
@@ -490,6 +516,8 @@ def build(name: str, options: CommonOptions, raw: RawSource) -> SourceData:
     categories = pd.Index(category_names, dtype=object).get_indexer(items["category"].tolist())  # -1: none
 
     split, split_info = _split(interactions, user_index, item_index, options, raw)
+    if options.cold_items is not None:
+        split_info["designated_cold_items"] = _designated_cold_items(options.cold_items, item_ids)
     cold_items = np.setdiff1d(np.arange(len(item_ids)), item_index[split == TRAIN])
     split_info["cold_items"] = len(cold_items)
     rating = (
