@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 
@@ -24,3 +25,11 @@ def causes(error: BaseException, implicit: bool = False) -> Iterator[BaseExcepti
 def find_configuration_error(error: BaseException) -> ConfigurationError | None:
     """The first :class:`ConfigurationError` in the chain of causes of ``error``, if any."""
     return next((e for e in causes(error, implicit=True) if isinstance(e, ConfigurationError)), None)
+
+
+def reason(error: BaseException) -> str:
+    """``Type: message`` of an exception for a warning, without the Python object reprs some libraries put in
+    their messages (PIL: ``cannot identify image file <_io.BytesIO object at 0x…>``): messages name files and
+    items, never memory addresses."""
+    message = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", str(error)).strip()
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

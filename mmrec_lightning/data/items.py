@@ -16,6 +16,7 @@ from torch.utils.data import default_collate
 
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.data.sources.text import clean_text
+from mmrec_lightning.errors import reason
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ class ItemContent:
         try:
             return decode_image(data, min_side)
         except Exception as error:  # any decoder failure (truncated, corrupt, bomb): use no image
-            log.warning("item %d in %s/items.arrow: image unusable (%s); using no image", item, self.path, error)
+            log.warning(
+                "item %d in %s/items.arrow: image unusable (%s); using no image", item, self.path, reason(error)
+            )
             return None
 
     def _load_images(self, items: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]) -> dict:

@@ -32,7 +32,7 @@ import pyarrow.ipc as ipc
 from PIL import Image
 
 from mmrec_lightning.data.features import SourceFeatures, feature_file, record_provenance, save_features
-from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.errors import ConfigurationError, reason
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -81,7 +81,7 @@ def image_problem(data: bytes) -> str | None:
             image.load()
         return None
     except Exception as error:  # PIL raises many types for bad data; all mean "unusable"
-        return f"{type(error).__name__}: {error}"
+        return reason(error)
 
 
 def _checked_items(batches: Iterable[pa.RecordBatch | pa.Table], report: dict[str, int]) -> Iterator[pa.RecordBatch]:
