@@ -64,6 +64,12 @@ def as_typed_lists(argv: Sequence[str], list_options: set[str]) -> list[str]:
     return result
 
 
+def _counted(split: dict) -> dict:
+    """The split's metadata with its list of designated cold items shown by their number."""
+    designated = split.get("designated_cold_items")
+    return split if designated is None else {**split, "designated_cold_items": len(designated)}
+
+
 def summary(dataset: PreparedDataset) -> str:
     """A human-readable account of what was prepared."""
     counts = dataset.metadata["counts"]
@@ -73,7 +79,7 @@ def summary(dataset: PreparedDataset) -> str:
         "  interactions " + "  ".join(f"{k} {v:,}" for k, v in counts["interactions"].items()),
         f"  items with image {counts['items_with_image']:,}  with text {counts['items_with_text']:,}  "
         f"without training interactions (cold) {counts['items_without_training_interactions']:,}",
-        f"  split: {json.dumps(dataset.metadata.get('split', {}))}",
+        f"  split: {json.dumps(_counted(dataset.metadata.get('split', {})))}",
     ]
     for modality, copied in dataset.metadata.get("features", {}).items():
         lines.append(
