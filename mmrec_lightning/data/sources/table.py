@@ -141,7 +141,9 @@ def read(options: TableOptions) -> SourceData:
 
 def _features(options: TableOptions, items: pd.DataFrame, items_path: Path) -> dict[str, SourceFeatures]:
     """The feature matrices named by the options, their rows in the order of the item file's rows."""
-    row_of = {raw: row for row, raw in enumerate(items["item"])}
+    row_of: dict[str, int] = {}
+    for row, raw in enumerate(items["item"]):
+        row_of.setdefault(raw, row)  # a repeated id keeps its first row, as the item table does
     rows_are = f"one row per item of {items_path.name}, in its row order"
     return {
         modality: source_features(path, f"--{modality}_features", len(items), rows_are, row_of)
