@@ -1,5 +1,5 @@
 """``python -m mmrec_lightning <command>``: fit / validate / test / predict (LightningCLI), prepare,
-extract-features, export and recommend."""
+extract-features, export, recommend and sweep."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ commands:
   export                         a trained model's user and item vectors with FAISS indexes (as predict:
                                  --config FILE --ckpt_path CHECKPOINT; --export.index exact|approximate|auto)
   recommend                      top-K for a user, similar items, or items like a new image/text (--help)
+  sweep                          hyper-parameter search with Optuna, chosen on validation, tested once (--help)
 """
 
 
@@ -47,6 +48,10 @@ def run(command: str | None) -> None:
         from mmrec_lightning.cli import RecommenderCLI
 
         RecommenderCLI(args=["predict", *sys.argv[2:], "--export.enabled=true"])
+    elif command == "sweep":
+        from mmrec_lightning.tuning.sweep import main as sweep
+
+        sweep(sys.argv[2:])
     elif command == "recommend":
         from mmrec_lightning.export.recommend import main as recommend
 

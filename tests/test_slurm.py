@@ -15,10 +15,12 @@ SCRIPTS = sorted(SLURM.glob("*.sbatch")) + sorted(SLURM.glob("*.sh"))
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_are_valid_bash_with_the_lightning_slurm_contract(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
-    if script.suffix == ".sbatch":
-        text = script.read_text()
+    text = script.read_text()
+    if script.suffix == ".sbatch" and "mmrec_lightning fit" in text:  # training: requeued on preemption
         assert "#SBATCH --signal=SIGUSR1@90" in text and "#SBATCH --ntasks-per-node=" in text
         assert "srun python -m mmrec_lightning fit" in text and "--trainer.num_nodes" in text
+    elif script.suffix == ".sbatch":  # the sweep: workers of an array job on one storage, task 0 finishing
+        assert "srun python -m mmrec_lightning sweep" in text and "--search_only" in text and "--array" in text
 
 
 @pytest.mark.slow

@@ -1,0 +1,1 @@
+"""Hyper-parameter search (``python -m mmrec_lightning sweep``)."""

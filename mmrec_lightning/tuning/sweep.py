@@ -1,0 +1,227 @@
+"""``python -m mmrec_lightning sweep --config X.yaml --space S.yaml --trials N [--seeds 0 1 2]``: a hyper-parameter
+search with Optuna, chosen on validation, tested once.
+
+Each trial trains ``--config`` with the values its TPE sampler draws from the ``--space`` file (dotted config
+keys, see :mod:`mmrec_lightning.tuning.space`) and is scored by the best value of the metric its
+``ModelCheckpoint`` monitors; a median pruner stops trials whose validation curve falls behind. The study lives
+in a database (SQLite in the output folder unless ``--storage`` names another): a killed sweep resumes
+where it stopped, and several processes or nodes given the same storage share its trials, up to ``--trials``
+in total. Then the ``--top`` trials are trained again under each of ``--seeds``, the winner is the one with
+the best mean validation value, and only then is the test split read — once, for the winner. Written to the
+output folder: ``best.yaml`` (``fit --config best.yaml`` trains the winner), ``trials.csv`` and
+``reruns.csv``, and each run's folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import optuna
+import pandas as pd
+import yaml
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+
+from mmrec_lightning.callbacks import TestMetricsWriter
+from mmrec_lightning.cli import REPORTED, RecommenderCLI
+from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.tuning.space import read_space, suggest, with_values
+
+CHECKPOINT = "mmrec_lightning.model_checkpoint.ModelCheckpoint"
+
+
+class ValidationPruning(L.Callback):
+    """Reports the monitored validation metric to an Optuna trial after every validation and stops the run
+    when the pruner says so. (Optuna's own Lightning callback lives in the separate optuna-integration
+    package, which pins Lightning versions; this is all of it that is needed.)"""
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        self.trial.report(float(value), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {trainer.current_epoch}: {self.monitor} {float(value):.4f}")
+
+
+def monitored(config: dict, path: str) -> tuple[str, str]:
+    """The metric and mode the config's ``ModelCheckpoint`` selects by: what the sweep optimises."""
+    for callback in config.get("trainer", {}).get("callbacks", []) or []:
+        if callback.get("class_path") == CHECKPOINT and "monitor" in callback.get("init_args", {}):
+            return callback["init_args"]["monitor"], callback["init_args"].get("mode", "min")
+    raise ConfigurationError(f"{path}: a sweep needs a {CHECKPOINT} with a validation `monitor` to optimise")
+
+
+def run_config(config: dict, run_dir: Path, seed: int) -> dict:
+    """``config`` as one run of the sweep: its seed, its folder for logs and checkpoints, no test."""
+    config = with_values(config, {"seed_everything": seed, "data.seed": seed, "test_after_fit": False})
+    trainer = config.setdefault("trainer", {})
+    trainer["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+    }
+    for callback in trainer.get("callbacks", []) or []:
+        if callback.get("class_path") == CHECKPOINT:
+            callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
+    return config
+
+
+def train(config: dict, run_dir: Path, seed: int, callbacks: Sequence[L.Callback] = ()) -> tuple[float, str, Path]:
+    """Fits one run; its best validation value, best checkpoint and config file. Never reads the test split."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(run_config(config, run_dir, seed)))
+    cli = RecommenderCLI(args=["fit", "--config", str(path)], trainer_defaults={"callbacks": list(callbacks)})
+    checkpoint = cli.trainer.checkpoint_callback
+    if checkpoint is None or checkpoint.best_model_score is None:
+        raise RuntimeError(f"{run_dir}: the run kept no checkpoint to score")
+    return float(checkpoint.best_model_score), checkpoint.best_model_path, path
+
+
+def study(args: argparse.Namespace, direction: str, output: Path, attempts: int = 5) -> optuna.Study:
+    storage = args.storage or f"sqlite:///{output / 'sweep.db'}"
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=1)  # a trial whose process died (no heartbeat) runs again
+    for attempt in range(attempts):
+        try:
+            rdb = RDBStorage(storage, heartbeat_interval=30, grace_period=120, heartbeat_stale_trial_callback=retry)
+            return optuna.create_study(
+                study_name=args.name or output.name,
+                storage=rdb,
+                direction=direction,
+                sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
+                pruner=optuna.pruners.MedianPruner(
+                    n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs
+                ),
+                load_if_exists=True,
+            )
+        except SQLAlchemyError:  # processes started together race to create the new database's tables
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + random.random())
+    raise AssertionError("unreachable")
+
+
+def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, direction: str, output: Path) -> list:
+    """Runs this process's share of the trials; the finished trials of the whole study."""
+    sweep = study(args, direction, output)
+
+    def objective(trial: optuna.Trial) -> float:
+        values = suggest(trial, space)
+        run_dir = output / "trials" / f"trial-{trial.number}"
+        score, checkpoint, config = train(
+            with_values(base, values), run_dir, args.seeds[0], [ValidationPruning(trial, monitor)]
+        )
+        trial.set_user_attr("checkpoint", checkpoint)
+        trial.set_user_attr("config", str(config))
+        return score
+
+    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    if len(sweep.get_trials(deepcopy=False, states=counted)) < args.trials:
+        sweep.optimize(
+            objective,
+            n_trials=args.trials,
+            callbacks=[MaxTrialsCallback(args.trials, states=counted)],  # the total, over every process
+            show_progress_bar=sys.stderr.isatty(),
+        )
+    return [trial for trial in sweep.get_trials(deepcopy=False) if trial.state == TrialState.COMPLETE]
+
+
+def wait_for_others(args: argparse.Namespace, direction: str, output: Path, finished: list, poll: float = 30) -> list:
+    """The finished trials once no process is still running one (the workers of one study end together)."""
+    sweep = study(args, direction, output)
+    while sweep.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        time.sleep(poll)
+    return [trial for trial in sweep.get_trials(deepcopy=False) if trial.state == TrialState.COMPLETE] or finished
+
+
+def rerun(args: argparse.Namespace, base: dict, finished: list, direction: str, output: Path) -> pd.DataFrame:
+    """The ``--top`` trials trained under each of ``--seeds``: their validation values."""
+    ranked = sorted(finished, key=lambda trial: trial.value, reverse=direction == "maximize")[: args.top]
+    rows = []
+    for trial in ranked:
+        for seed in args.seeds:
+            run_dir = output / "reruns" / f"trial-{trial.number}-seed-{seed}"
+            if seed == args.seeds[0]:  # the trial itself
+                score, checkpoint, config = trial.value, trial.user_attrs["checkpoint"], trial.user_attrs["config"]
+            else:
+                score, checkpoint, config = train(with_values(base, trial.params), run_dir, seed)
+            rows.append(
+                {"trial": trial.number, "seed": seed, "value": score, "checkpoint": checkpoint, "config": config}
+            )
+    return pd.DataFrame(rows)
+
+
+def test_winner(config: str, checkpoint: str) -> dict[str, float]:
+    """The only read of the test split in a sweep: the winner's best checkpoint."""
+    cli = RecommenderCLI(args=["test", "--config", config, "--ckpt_path", checkpoint])
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, TestMetricsWriter))
+    return json.loads(writer.path.read_text())[type(cli.model).__name__]
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m mmrec_lightning sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--config", required=True, help="the config to tune (a fit config with a ModelCheckpoint)")
+    parser.add_argument("--space", required=True, help="YAML: dotted config key -> {type, low, high | choices}")
+    parser.add_argument("--trials", type=int, required=True, help="trials in total, over every process")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="the top trials are re-run under each")
+    parser.add_argument("--top", type=int, default=3, help="how many of the best trials are re-run over --seeds")
+    parser.add_argument("--output", help="the sweep's folder (default runs/sweep-<config name>)")
+    parser.add_argument("--storage", help="an Optuna RDB URL shared by the processes (default SQLite in --output)")
+    parser.add_argument("--name", help="the study's name in the storage (default the output folder's name)")
+    parser.add_argument("--startup_trials", type=int, default=5, help="trials the pruner never stops")
+    parser.add_argument("--warmup_epochs", type=int, default=5, help="epochs of each trial the pruner never stops")
+    parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
+    parser.add_argument(
+        "--search_only", action="store_true", help="run trials only: another process re-runs the top trials and tests"
+    )
+    args = parser.parse_args(argv)
+    if args.trials < 1 or args.top < 1:
+        raise ConfigurationError("--trials and --top must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    config_path = Path(args.config)
+    if not config_path.is_file():
+        raise ConfigurationError(f"--config {config_path}: no such file")
+    base = yaml.safe_load(config_path.read_text())
+    space = read_space(args.space)
+    monitor, mode = monitored(base, args.config)
+    direction = "maximize" if mode == "max" else "minimize"
+    output = Path(args.output or f"runs/sweep-{config_path.stem}")
+    output.mkdir(parents=True, exist_ok=True)
+    finished = search(args, base, space, monitor, direction, output)
+    if args.search_only:
+        return
+    finished = wait_for_others(args, direction, output, finished)
+    if not finished:
+        raise ConfigurationError(f"{output}: no trial finished (all pruned or failed); widen --space or add --trials")
+    reruns = rerun(args, base, finished, direction, output)
+    means = reruns.groupby("trial")["value"].agg(["mean", "std", "count"])
+    winner = int(means["mean"].idxmax() if direction == "maximize" else means["mean"].idxmin())
+    chosen = reruns[reruns["trial"] == winner].iloc[0]
+    tested = test_winner(chosen["config"], chosen["checkpoint"])  # after the choice, never before
+    params = next(trial.params for trial in finished if trial.number == winner)
+    (output / "best.yaml").write_text(yaml.safe_dump(with_values(base, params)))
+    trials = pd.DataFrame([{"trial": t.number, monitor: t.value, **t.params} for t in finished])
+    trials.to_csv(output / "trials.csv", index=False)
+    reruns.to_csv(output / "reruns.csv", index=False)
+    print(f"\n{len(finished)} finished trials ({output / 'trials.csv'}); validation {monitor} over seeds {args.seeds}:")
+    print(means.to_string())
+    reported = ", ".join(f"{name} {tested[name]:.4f}" for name in REPORTED if name in tested)
+    print(f"winner: trial {winner} {params}\ntest of its checkpoint {chosen['checkpoint']}: {reported}")
+    print(f"fit --config {output / 'best.yaml'} trains it")

@@ -1,0 +1,103 @@
+"""The hyper-parameter sweep: Optuna over dotted config keys, chosen on validation, tested once."""
+
+import subprocess
+import sys
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.tuning import sweep
+from mmrec_lightning.tuning.space import read_space, with_values
+
+SPACE = {
+    "model.init_args.optimizer.init_args.lr": {"type": "float", "low": 1.0e-4, "high": 5.0e-2, "log": True},
+    "model.init_args.embed_dim": {"type": "categorical", "choices": [4, 16]},
+}
+
+
+@pytest.fixture
+def files(tmp_path, synthetic_dir):
+    config = {
+        "trainer": {
+            "accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False,
+            "callbacks": [{"class_path": sweep.CHECKPOINT, "init_args": {"monitor": "val/recall@20", "mode": "max"}}],
+        },
+        "model": {"class_path": "mmrec_lightning.models.MatrixFactorization",
+                  "init_args": {"top_k": [5, 20], "optimizer": {"class_path": "torch.optim.Adam"}}},
+        "data": {"path": str(synthetic_dir), "batch_size": 256, "history_length": 0},
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    return tmp_path
+
+
+def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choosing(files, monkeypatch):
+    commands = []
+
+    class Recorded(sweep.RecommenderCLI):
+        def __init__(self, args, **kwargs):
+            commands.append(args[0])
+            super().__init__(args=args, **kwargs)
+
+    monkeypatch.setattr(sweep, "RecommenderCLI", Recorded)
+    output = files / "sweep"
+    sweep.main(["--config", str(files / "config.yaml"), "--space", str(files / "space.yaml"), "--trials", "4",
+                "--seeds", "0", "1", "--top", "2", "--output", str(output), "--startup_trials", "10"])  # fmt: skip
+    assert commands[:-1] == ["fit"] * (len(commands) - 1) and commands[-1] == "test"  # the test split: last, once
+    assert len(commands) == 4 + 2 + 1  # four trials, the top two again under the second seed, one test
+    trials, reruns = pd.read_csv(output / "trials.csv"), pd.read_csv(output / "reruns.csv")
+    assert len(trials) == 4 and trials["val/recall@20"].max() > trials["val/recall@20"].min()
+    winner = reruns.groupby("trial")["value"].mean().idxmax()
+    best = yaml.safe_load((output / "best.yaml").read_text())
+    row = trials[trials["trial"] == winner].iloc[0]
+    assert best["model"]["init_args"]["embed_dim"] == row["model.init_args.embed_dim"]
+    assert best["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(
+        row["model.init_args.optimizer.init_args.lr"]
+    )
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{output / 'sweep.db'}")
+    assert len(study.trials) == 4  # stored: a second run of the same command trains no new trial
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_without_repeating_a_trial(files):
+    options = ["--config", files / "config.yaml", "--space", files / "space.yaml", "--output", files / "shared"]
+    command = [sys.executable, "-m", "mmrec_lightning", "sweep", *map(str, options), "--trials", "4", "--top", "1"]
+    workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=600) == 0, worker.stderr.read().decode()[-2000:]
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{files / 'shared' / 'sweep.db'}")
+    numbers = [trial.number for trial in study.trials]
+    assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5  # two may start the last one together
+    assert {trial.state for trial in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+
+
+def test_a_space_file_is_checked_and_sets_dotted_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data.batch_size": {"type": "float", "low": 1}}))
+    with pytest.raises(ConfigurationError, match=r"data.batch_size: a float range needs high"):
+        read_space(bad)
+    bad.write_text(yaml.safe_dump({"data.batch_size": {"type": "uniform"}}))
+    with pytest.raises(ConfigurationError, match=r"type must be one of"):
+        read_space(bad)
+    config = {"model": {"init_args": {"dropout": 0.1}}}
+    assert with_values(config, {"model.init_args.dropout": 0.3, "data.batch_size": 64}) == {
+        "model": {"init_args": {"dropout": 0.3}},
+        "data": {"batch_size": 64},
+    }
+    assert config == {"model": {"init_args": {"dropout": 0.1}}}  # a copy
+
+
+def test_a_config_without_a_monitored_checkpoint_is_refused():
+    with pytest.raises(ConfigurationError, match="a sweep needs a .*ModelCheckpoint with a validation `monitor`"):
+        sweep.monitored({"trainer": {"callbacks": []}}, "x.yaml")
+
+
+def test_a_search_only_worker_runs_trials_and_leaves_the_choice_to_another(files):
+    output = files / "worker"
+    sweep.main(["--config", str(files / "config.yaml"), "--space", str(files / "space.yaml"), "--trials", "2",
+                "--output", str(output), "--search_only"])  # fmt: skip
+    assert len(optuna.load_study(study_name="worker", storage=f"sqlite:///{output / 'sweep.db'}").trials) == 2
+    assert not (output / "best.yaml").exists() and not (output / "reruns.csv").exists()
