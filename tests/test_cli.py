@@ -20,7 +20,8 @@ from mmrec_lightning.models import MultimodalRecommender
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
 EXTRACT_CONFIGS = [path for path in CONFIGS if path.parent.name == "extract"]  # extract-features, not fit
-CONFIGS = [path for path in CONFIGS if path not in EXTRACT_CONFIGS]
+SWEEP_SPACES = [path for path in CONFIGS if path.parent.name == "sweep"]  # search spaces of `sweep`
+CONFIGS = [path for path in CONFIGS if path not in EXTRACT_CONFIGS + SWEEP_SPACES]
 
 
 def tiny_config(tmp_path: Path, data_path: Path, tokenizer_dir: Path, **trainer) -> Path:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -101,3 +102,18 @@ def test_a_search_only_worker_runs_trials_and_leaves_the_choice_to_another(files
                 "--output", str(output), "--search_only"])  # fmt: skip
     assert len(optuna.load_study(study_name="worker", storage=f"sqlite:///{output / 'sweep.db'}").trials) == 2
     assert not (output / "best.yaml").exists() and not (output / "reruns.csv").exists()
+
+
+@pytest.mark.parametrize("space", sorted(Path(__file__).parents[1].joinpath("configs", "sweep").glob("*.yaml")))
+def test_every_shipped_space_reads_and_gives_configs_that_parse(space, tmp_path, capsys):
+    from mmrec_lightning.cli import RecommenderCLI
+
+    ranges = read_space(space)
+    config = space.parents[1] / space.stem / "multimodal.yaml"  # configs/sweep/<set>.yaml tunes configs/<set>/
+    lowest = {key: spec["choices"][0] if spec["type"] == "categorical" else spec["low"] for key, spec in ranges.items()}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(with_values(yaml.safe_load(config.read_text()), lowest)))
+    with pytest.raises(SystemExit) as exit_info:
+        RecommenderCLI(args=["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
