@@ -93,24 +93,23 @@ def train(config: dict, run_dir: Path, seed: int, callbacks: Sequence[L.Callback
 def study(args: argparse.Namespace, direction: str, output: Path, attempts: int = 5) -> optuna.Study:
     storage = args.storage or f"sqlite:///{output / 'sweep.db'}"
     retry = RetryHeartbeatStaleTrialCallback(max_retry=1)  # a trial whose process died (no heartbeat) runs again
-    for attempt in range(attempts):
+
+    def load() -> optuna.Study:
+        return optuna.create_study(
+            study_name=args.name or output.name,
+            storage=RDBStorage(storage, heartbeat_interval=30, grace_period=120, heartbeat_stale_trial_callback=retry),
+            direction=direction,
+            sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs),
+            load_if_exists=True,
+        )
+
+    for _ in range(attempts - 1):
         try:
-            rdb = RDBStorage(storage, heartbeat_interval=30, grace_period=120, heartbeat_stale_trial_callback=retry)
-            return optuna.create_study(
-                study_name=args.name or output.name,
-                storage=rdb,
-                direction=direction,
-                sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
-                pruner=optuna.pruners.MedianPruner(
-                    n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs
-                ),
-                load_if_exists=True,
-            )
+            return load()
         except SQLAlchemyError:  # processes started together race to create the new database's tables
-            if attempt == attempts - 1:
-                raise
             time.sleep(1 + random.random())
-    raise AssertionError("unreachable")
+    return load()
 
 
 def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, direction: str, output: Path) -> list:
