@@ -117,3 +117,31 @@ def test_every_shipped_space_reads_and_gives_configs_that_parse(space, tmp_path,
         RecommenderCLI(args=["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_trial_resumes_and_runs_that_trial_again(files):
+    import signal
+    import time
+
+    config = yaml.safe_load((files / "config.yaml").read_text())
+    config["trainer"]["max_epochs"] = 30  # long enough to be killed inside the first trial
+    (files / "config.yaml").write_text(yaml.safe_dump(config))
+    options = ["--config", files / "config.yaml", "--space", files / "space.yaml", "--output", files / "killed"]
+    command = [sys.executable, "-m", "mmrec_lightning", "sweep", *map(str, options), "--trials", "2", "--top", "1"]
+    first = subprocess.Popen([*command, "--heartbeat", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((files / "killed").glob("trials/trial-0/metrics.csv")) and time.monotonic() < deadline:
+        time.sleep(0.5)  # training has started
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    time.sleep(5)  # four missed heartbeats: the trial is stale
+    config["trainer"]["max_epochs"] = 2
+    (files / "config.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([*command, "--heartbeat", "1"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{files / 'killed' / 'sweep.db'}")
+    states = [trial.state for trial in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed one
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2  # its retry and the second trial
+    assert (files / "killed" / "best.yaml").is_file()

@@ -97,7 +97,12 @@ def study(args: argparse.Namespace, direction: str, output: Path, attempts: int 
     def load() -> optuna.Study:
         return optuna.create_study(
             study_name=args.name or output.name,
-            storage=RDBStorage(storage, heartbeat_interval=30, grace_period=120, heartbeat_stale_trial_callback=retry),
+            storage=RDBStorage(
+                storage,
+                heartbeat_interval=args.heartbeat,
+                grace_period=4 * args.heartbeat,
+                heartbeat_stale_trial_callback=retry,
+            ),
             direction=direction,
             sampler=optuna.samplers.TPESampler(seed=args.sampler_seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=args.warmup_epochs),
@@ -112,8 +117,12 @@ def study(args: argparse.Namespace, direction: str, output: Path, attempts: int 
     return load()
 
 
-def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, direction: str, output: Path) -> list:
-    """Runs this process's share of the trials; the finished trials of the whole study."""
+def completed(sweep: optuna.Study) -> list:
+    return [trial for trial in sweep.get_trials(deepcopy=False) if trial.state == TrialState.COMPLETE]
+
+
+def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, direction: str, output: Path) -> None:
+    """Runs this process's share of the trials (and those queued again after their process died)."""
     sweep = study(args, direction, output)
 
     def objective(trial: optuna.Trial) -> float:
@@ -126,23 +135,27 @@ def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, dire
         trial.set_user_attr("config", str(config))
         return score
 
+    optuna.storages.fail_stale_trials(sweep)  # a trial of a killed process: failed, and queued again (WAITING)
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    if len(sweep.get_trials(deepcopy=False, states=counted)) < args.trials:
+    queued = sweep.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if queued or len(sweep.get_trials(deepcopy=False, states=counted)) < args.trials:
         sweep.optimize(
             objective,
             n_trials=args.trials,
             callbacks=[MaxTrialsCallback(args.trials, states=counted)],  # the total, over every process
             show_progress_bar=sys.stderr.isatty(),
         )
-    return [trial for trial in sweep.get_trials(deepcopy=False) if trial.state == TrialState.COMPLETE]
 
 
-def wait_for_others(args: argparse.Namespace, direction: str, output: Path, finished: list, poll: float = 30) -> list:
-    """The finished trials once no process is still running one (the workers of one study end together)."""
+def wait_for_others(args: argparse.Namespace, direction: str, output: Path) -> bool:
+    """Waits until no live process runs a trial (a dead one's is failed once its heartbeat is stale); whether a
+    trial was queued again and still needs running."""
     sweep = study(args, direction, output)
-    while sweep.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        time.sleep(poll)
-    return [trial for trial in sweep.get_trials(deepcopy=False) if trial.state == TrialState.COMPLETE] or finished
+    while True:
+        optuna.storages.fail_stale_trials(sweep)
+        if not sweep.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return bool(sweep.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        time.sleep(args.heartbeat)
 
 
 def rerun(args: argparse.Namespace, base: dict, finished: list, direction: str, output: Path) -> pd.DataFrame:
@@ -184,11 +197,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--warmup_epochs", type=int, default=5, help="epochs of each trial the pruner never stops")
     parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
     parser.add_argument(
+        "--heartbeat", type=int, default=30, help="seconds between a trial's heartbeats; 4 missed: its process died"
+    )
+    parser.add_argument(
         "--search_only", action="store_true", help="run trials only: another process re-runs the top trials and tests"
     )
     args = parser.parse_args(argv)
-    if args.trials < 1 or args.top < 1:
-        raise ConfigurationError("--trials and --top must be at least 1")
+    if args.trials < 1 or args.top < 1 or args.heartbeat < 1:
+        raise ConfigurationError("--trials, --top and --heartbeat must be at least 1")
     return args
 
 
@@ -203,10 +219,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     direction = "maximize" if mode == "max" else "minimize"
     output = Path(args.output or f"runs/sweep-{config_path.stem}")
     output.mkdir(parents=True, exist_ok=True)
-    finished = search(args, base, space, monitor, direction, output)
+    search(args, base, space, monitor, direction, output)
     if args.search_only:
         return
-    finished = wait_for_others(args, direction, output, finished)
+    while wait_for_others(args, direction, output):  # a trial of a dead worker is queued again: run it here
+        search(args, base, space, monitor, direction, output)
+    finished = completed(study(args, direction, output))
     if not finished:
         raise ConfigurationError(f"{output}: no trial finished (all pruned or failed); widen --space or add --trials")
     reruns = rerun(args, base, finished, direction, output)
