@@ -145,3 +145,16 @@ def test_a_sweep_killed_mid_trial_resumes_and_runs_that_trial_again(files):
     assert states.count(optuna.trial.TrialState.FAIL) == 1  # the killed one
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2  # its retry and the second trial
     assert (files / "killed" / "best.yaml").is_file()
+
+
+def test_each_run_logs_to_its_own_folder_and_with_wandb_to_one_group_per_sweep(tmp_path):
+    config = {"trainer": {"callbacks": [{"class_path": sweep.CHECKPOINT, "init_args": {"monitor": "val/recall@20"}}]}}
+    run = sweep.run_config(config, tmp_path / "trial-3", seed=2, wandb_group="study")
+    assert run["seed_everything"] == 2 and run["data"]["seed"] == 2 and run["test_after_fit"] is False
+    assert run["trainer"]["callbacks"][0]["init_args"]["dirpath"] == str(tmp_path / "trial-3" / "checkpoints")
+    csv, wandb = run["trainer"]["logger"]
+    assert csv["init_args"]["save_dir"] == str(tmp_path / "trial-3")
+    assert wandb["init_args"] | {"save_dir": None} == {
+        "save_dir": None, "project": "mmrec_lightning-sweeps", "offline": True, "group": "study", "name": "trial-3"
+    }  # fmt: skip
+    assert len(sweep.run_config(config, tmp_path / "t", seed=0)["trainer"]["logger"]) == 1  # no W&B unless asked

@@ -64,30 +64,49 @@ def monitored(config: dict, path: str) -> tuple[str, str]:
     raise ConfigurationError(f"{path}: a sweep needs a {CHECKPOINT} with a validation `monitor` to optimise")
 
 
-def run_config(config: dict, run_dir: Path, seed: int) -> dict:
-    """``config`` as one run of the sweep: its seed, its folder for logs and checkpoints, no test."""
+def run_config(config: dict, run_dir: Path, seed: int, wandb_group: str | None = None) -> dict:
+    """``config`` as one run of the sweep: its seed, its folder for logs and checkpoints, no test; with
+    ``wandb_group``, also logged to W&B (offline unless W&B is told otherwise) in that group."""
     config = with_values(config, {"seed_everything": seed, "data.seed": seed, "test_after_fit": False})
     trainer = config.setdefault("trainer", {})
-    trainer["logger"] = {
-        "class_path": "lightning.pytorch.loggers.CSVLogger",
-        "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
-    }
+    loggers = [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+        }
+    ]
+    if wandb_group is not None:
+        loggers.append(
+            {
+                "class_path": "lightning.pytorch.loggers.WandbLogger",
+                "init_args": {"save_dir": str(run_dir), "project": "mmrec_lightning-sweeps", "offline": True,
+                              "group": wandb_group, "name": run_dir.name},
+            }
+        )  # fmt: skip
+    trainer["logger"] = loggers
     for callback in trainer.get("callbacks", []) or []:
         if callback.get("class_path") == CHECKPOINT:
             callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
     return config
 
 
-def train(config: dict, run_dir: Path, seed: int, callbacks: Sequence[L.Callback] = ()) -> tuple[float, str, Path]:
+def train(
+    config: dict, run_dir: Path, seed: int, callbacks: Sequence[L.Callback] = (), wandb_group: str | None = None
+) -> tuple[float, str, Path]:
     """Fits one run; its best validation value, best checkpoint and config file. Never reads the test split."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
-    path.write_text(yaml.safe_dump(run_config(config, run_dir, seed)))
+    path.write_text(yaml.safe_dump(run_config(config, run_dir, seed, wandb_group)))
     cli = RecommenderCLI(args=["fit", "--config", str(path)], trainer_defaults={"callbacks": list(callbacks)})
     checkpoint = cli.trainer.checkpoint_callback
     if checkpoint is None or checkpoint.best_model_score is None:
         raise RuntimeError(f"{run_dir}: the run kept no checkpoint to score")
     return float(checkpoint.best_model_score), checkpoint.best_model_path, path
+
+
+def group(args: argparse.Namespace, output: Path) -> str | None:
+    """The W&B group of the sweep's runs, with ``--wandb``: the study's name."""
+    return (args.name or output.name) if args.wandb else None
 
 
 def study(args: argparse.Namespace, direction: str, output: Path, attempts: int = 5) -> optuna.Study:
@@ -128,8 +147,9 @@ def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, dire
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space)
         run_dir = output / "trials" / f"trial-{trial.number}"
+        pruning = [ValidationPruning(trial, monitor)]
         score, checkpoint, config = train(
-            with_values(base, values), run_dir, args.seeds[0], [ValidationPruning(trial, monitor)]
+            with_values(base, values), run_dir, args.seeds[0], pruning, group(args, output)
         )
         trial.set_user_attr("checkpoint", checkpoint)
         trial.set_user_attr("config", str(config))
@@ -168,7 +188,9 @@ def rerun(args: argparse.Namespace, base: dict, finished: list, direction: str, 
             if seed == args.seeds[0]:  # the trial itself
                 score, checkpoint, config = trial.value, trial.user_attrs["checkpoint"], trial.user_attrs["config"]
             else:
-                score, checkpoint, config = train(with_values(base, trial.params), run_dir, seed)
+                score, checkpoint, config = train(
+                    with_values(base, trial.params), run_dir, seed, (), group(args, output)
+                )
             rows.append(
                 {"trial": trial.number, "seed": seed, "value": score, "checkpoint": checkpoint, "config": config}
             )
@@ -196,6 +218,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--startup_trials", type=int, default=5, help="trials the pruner never stops")
     parser.add_argument("--warmup_epochs", type=int, default=5, help="epochs of each trial the pruner never stops")
     parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
+    parser.add_argument("--wandb", action="store_true", help="log every run to W&B (offline), one group per sweep")
     parser.add_argument(
         "--heartbeat", type=int, default=30, help="seconds between a trial's heartbeats; 4 missed: its process died"
     )
