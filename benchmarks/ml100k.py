@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import yaml
-from results_file import publish
 
 from mmrec_lightning.callbacks import TestMetricsWriter, TopKWriter
 from mmrec_lightning.cli import RecommenderCLI
@@ -184,13 +183,15 @@ def table(results: dict[str, dict[str, dict]], reference: dict[str, dict[str, fl
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
 
 
-def record(output: Path, source: Path, seeds: list[int], model: str, split: str, entry: dict) -> dict:
+def record(output: Path, source: Path, seeds: list[int], mmrec: dict, model: str, split: str, entry: dict) -> dict:
     """Adds one model's results on one split to ``output`` as soon as they exist (a long run that stops
-    keeps what it finished), next to those of earlier runs on the same source and seeds; returns them all."""
+    keeps what it finished), next to those of earlier runs on the same source and seeds, and MMRec's
+    reference numbers; returns all the results."""
     document = json.loads(output.read_text()) if output.is_file() else {}
     if document.get("source") != str(source) or document.get("seeds") != seeds:
         document = {"source": str(source), "seeds": seeds, "results": {}}
     document["results"].setdefault(model, {})[split] = entry
+    document["mmrec"] = mmrec
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial")
     partial.write_text(json.dumps(document, indent=2) + "\n")
@@ -209,6 +210,7 @@ def main() -> None:
     args = parser.parse_args()
     source = args.source.resolve()
     cold_items = set(pd.read_csv(source / "cold_items.csv", dtype=str)["item_id"].str.strip())
+    reference = reference_table(source / "README.md")
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="ml100k-runs-") as runs:
         for split in args.splits:
@@ -225,14 +227,10 @@ def main() -> None:
                     shutil.rmtree(run_dir, ignore_errors=True)
                     print(f"{split} {model} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
                 entry = {"runs": per_seed, "summary": summarise(list(per_seed.values()))}
-                results = record(args.output, source, args.seeds, model, split, entry)
-    reference = reference_table(source / "README.md")
-    publish(
-        f"\nMovieLens-100K posters, test split, mean ± std over seeds {args.seeds} (from predict's output)\n"
-        + table(results, reference),
-        {"source": str(source), "seeds": args.seeds, "results": results, "mmrec": reference},
-        args.output,
-    )
+                results = record(args.output, source, args.seeds, reference, model, split, entry)
+    print(f"\nMovieLens-100K posters, test split, mean ± std over seeds {args.seeds} (from predict's output)")
+    print(table(results, reference))
+    print(f"wrote {args.output}")  # by record, after each model and split
 
 
 if __name__ == "__main__":

@@ -140,9 +140,8 @@ def completed(sweep: optuna.Study) -> list:
     return [trial for trial in sweep.get_trials(deepcopy=False) if trial.state == TrialState.COMPLETE]
 
 
-def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, direction: str, output: Path) -> None:
+def search(sweep: optuna.Study, args: argparse.Namespace, base: dict, space: dict, monitor: str, output: Path) -> None:
     """Runs this process's share of the trials (and those queued again after their process died)."""
-    sweep = study(args, direction, output)
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space)
@@ -167,10 +166,9 @@ def search(args: argparse.Namespace, base: dict, space: dict, monitor: str, dire
         )
 
 
-def wait_for_others(args: argparse.Namespace, direction: str, output: Path) -> bool:
+def wait_for_others(sweep: optuna.Study, args: argparse.Namespace) -> bool:
     """Waits until no live process runs a trial (a dead one's is failed once its heartbeat is stale); whether a
     trial was queued again and still needs running."""
-    sweep = study(args, direction, output)
     while True:
         optuna.storages.fail_stale_trials(sweep)
         if not sweep.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -242,12 +240,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     direction = "maximize" if mode == "max" else "minimize"
     output = Path(args.output or f"runs/sweep-{config_path.stem}")
     output.mkdir(parents=True, exist_ok=True)
-    search(args, base, space, monitor, direction, output)
+    sweep = study(args, direction, output)
+    search(sweep, args, base, space, monitor, output)
     if args.search_only:
         return
-    while wait_for_others(args, direction, output):  # a trial of a dead worker is queued again: run it here
-        search(args, base, space, monitor, direction, output)
-    finished = completed(study(args, direction, output))
+    while wait_for_others(sweep, args):  # a trial of a dead worker is queued again: run it here
+        search(sweep, args, base, space, monitor, output)
+    finished = completed(sweep)
     if not finished:
         raise ConfigurationError(f"{output}: no trial finished (all pruned or failed); widen --space or add --trials")
     reruns = rerun(args, base, finished, direction, output)
