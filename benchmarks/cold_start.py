@@ -18,9 +18,9 @@ from pathlib import Path
 from results_file import publish
 from seeds import run, summarise, table
 
-from mmrec_lightning.data.features import feature_file
 from mmrec_lightning.data.prepare import main as prepare
-from mmrec_lightning.extract import main as extract
+from mmrec_lightning.features.extract import main as extract
+from mmrec_lightning.features.files import feature_file
 
 DATA = "data/synthetic"  # where the configs below read it
 FEATURES = "configs/synthetic/from_features.yaml"

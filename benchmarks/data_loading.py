@@ -40,7 +40,8 @@ from PIL import Image
 from results_file import publish
 from timm.data import create_transform
 
-from mmrec_lightning.data.items import ItemContent, ItemPreprocessing
+from mmrec_lightning.data.contract import ItemPreprocessing
+from mmrec_lightning.data.items import ItemContent
 from mmrec_lightning.data.schema import PreparedDataset, write_prepared
 from mmrec_lightning.data.sources.synthetic import SyntheticSpec, generate
 from mmrec_lightning.encoders.image import TimmImageEncoder

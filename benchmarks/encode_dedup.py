@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import write_prepared
 from mmrec_lightning.data.sources.synthetic import CATEGORIES, SyntheticSpec, generate
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.models import MultimodalRecommender
 
@@ -57,7 +58,7 @@ def main() -> None:
         data = RecDataModule(
             path=str(path), batch_size=args.batch_size, history_length=args.history, num_negatives=args.negatives
         )
-        data.preprocessing = model.item_preprocessing()
+        connect(model, data)
         data.setup("fit")
         loader = iter(data.train_dataloader())
         batches = [next(loader) for _ in range(args.batches)]

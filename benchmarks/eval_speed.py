@@ -23,7 +23,7 @@ import torch
 
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.metrics import RankingMetrics
-from mmrec_lightning.models.base import hits_of, rank_items
+from mmrec_lightning.evaluation import hits_of, rank_items
 
 TOP_K = (10, 20, 50)
 

@@ -25,9 +25,10 @@ import torch
 from results_file import publish
 
 from mmrec_lightning.callbacks import NonFiniteGuard
-from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import write_prepared
 from mmrec_lightning.data.sources.synthetic import CATEGORIES, MATERIALS, STYLES, SyntheticSpec, generate
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
 from mmrec_lightning.models import MultimodalRecommender
@@ -99,6 +100,7 @@ def build(
     data = RecDataModule(
         path=data_path, batch_size=args.batch_size, history_length=0, num_workers=args.workers, pin_memory=args.gpu
     )
+    connect(model, data)
     return model, data
 
 
@@ -106,7 +108,6 @@ def encoder_bound(model: MultimodalRecommender, data: RecDataModule, batches: in
     """Examples per second of image + text encoder forward and backward alone, on batches already on device."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device).train()
-    data.preprocessing = model.item_preprocessing()
     data.setup("fit")
     loader = iter(data.train_dataloader())
     held = []
@@ -139,7 +140,6 @@ def encoder_bound(model: MultimodalRecommender, data: RecDataModule, batches: in
 
 def loader_throughput(model: MultimodalRecommender, data: RecDataModule, batches: int) -> float:
     """Examples per second of the training loader alone (workers decoding, augmenting, tokenising)."""
-    data.preprocessing = model.item_preprocessing()
     data.setup("fit")
     loader = iter(data.train_dataloader())
     next(loader)  # workers started

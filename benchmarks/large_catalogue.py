@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from results_file import publish
 
-from mmrec_lightning.models.base import rank_items
+from mmrec_lightning.evaluation import rank_items
 
 TOP_K = 50
 MB = 2**20

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +62,19 @@ def run_command(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "mmrec_lightning", *args], check=True, cwd=ROOT)
 
 
-def _retarget(value: Any, data: str) -> Any:
-    """``value`` with every path under the configs' dataset moved to ``data``."""
+def retarget(value: Any, old: str, new: str) -> Any:
+    """``value`` with every path under ``old`` (the dataset a config names) moved to ``new``."""
     if isinstance(value, dict):
-        return {key: _retarget(item, data) for key, item in value.items()}
+        return {key: retarget(item, old, new) for key, item in value.items()}
     if isinstance(value, list):
-        return [_retarget(item, data) for item in value]
-    if isinstance(value, str) and value.startswith(CONFIG_DATA):
-        return data + value[len(CONFIG_DATA) :]
-    return value
+        return [retarget(item, old, new) for item in value]
+    return new + value[len(old) :] if isinstance(value, str) and value.startswith(old) else value
 
 
 def run_config(model: str, data: Path, run_dir: Path, seed: int) -> Path:
     """``configs/ml100k/<model>.yaml`` for this dataset, seed and run folder, written to ``run_dir``."""
     config = yaml.safe_load((ROOT / "configs/ml100k" / f"{model}.yaml").read_text())
-    config = _retarget(config, str(data))
+    config = retarget(config, CONFIG_DATA, str(data))
     config["seed_everything"] = seed
     config["data"]["seed"] = seed
     trainer = config["trainer"]
@@ -89,18 +88,26 @@ def run_config(model: str, data: Path, run_dir: Path, seed: int) -> Path:
     return path
 
 
-def metrics_at_k(ranked: dict[int, list[int]], relevant: dict[int, set[int]]) -> dict[str, float]:
-    """MMRec's Recall@K and NDCG@K averaged over the users with relevant items."""
-    recall, ndcg = [], []
-    discounts = 1.0 / np.log2(np.arange(2, K + 2))
-    for user, items in relevant.items():
-        hits = np.array([item in items for item in ranked[user][:K]], dtype=float)
-        recall.append(hits.sum() / len(items))
-        ndcg.append((hits * discounts[: len(hits)]).sum() / discounts[: min(len(items), K)].sum())
-    return {f"recall@{K}": float(np.mean(recall)), f"ndcg@{K}": float(np.mean(ndcg)), "users": len(relevant)}
+def metrics_at_k(
+    ranked: dict[str, list[str]], relevant: dict[str, set[str]], cutoffs: Sequence[int] = (K,)
+) -> dict[str, float]:
+    """MMRec's Recall@K and NDCG@K (binary gains, ideal DCG over min(|relevant|, K)) averaged over the users
+    with relevant items, for each K of ``cutoffs``."""
+    discounts = 1.0 / np.log2(np.arange(2, max(cutoffs) + 2))
+    result: dict[str, float] = {}
+    for k in cutoffs:
+        recall, ndcg = [], []
+        for user, items in relevant.items():
+            hits = np.array([item in items for item in ranked[user][:k]], dtype=float)
+            recall.append(hits.sum() / len(items))
+            ndcg.append((hits * discounts[: len(hits)]).sum() / discounts[: min(len(items), k)].sum())
+        result |= {f"recall@{k}": float(np.mean(recall)), f"ndcg@{k}": float(np.mean(ndcg))}
+    return result | {"users": len(relevant)}
 
 
-def predicted_metrics(predictions: Path, dataset: PreparedDataset, cold_items: set[str] | None) -> dict[str, float]:
+def predicted_metrics(
+    predictions: Path, dataset: PreparedDataset, cold_items: set[str] | None, cutoffs: Sequence[int] = (K,)
+) -> dict[str, float]:
     """Test metrics from ``predict``'s top-K table: all test items, and the cold items only."""
     table = pq.read_table(predictions, columns=["user", "rank", "item"]).to_pandas().sort_values(["user", "rank"])
     ranked = {user: list(group["item"]) for user, group in table.groupby("user", sort=False)}
@@ -108,15 +115,18 @@ def predicted_metrics(predictions: Path, dataset: PreparedDataset, cold_items: s
     items = np.asarray(dataset.items.column("raw_id").to_pylist(), dtype=object)
     test = dataset.split("test")
     relevant = {users[u]: set(items[test.row(u)]) for u in np.flatnonzero(test.lengths() > 0)}
-    result = metrics_at_k(ranked, relevant)
+    result = metrics_at_k(ranked, relevant, cutoffs)
     if cold_items is not None:
         cold = {user: targets & cold_items for user, targets in relevant.items() if targets & cold_items}
-        result |= {f"cold_only/{name}": value for name, value in metrics_at_k(ranked, cold).items()}
+        result |= {f"cold_only/{name}": value for name, value in metrics_at_k(ranked, cold, cutoffs).items()}
     return result
 
 
-def train_and_score(model: str, data: Path, run_dir: Path, seed: int, cold_items: set[str] | None) -> dict[str, float]:
-    config = str(run_config(model, data, run_dir, seed))
+def train_and_score(
+    model: str, config: str, data: Path, seed: int, cold_items: set[str] | None, cutoffs: Sequence[int] = (K,)
+) -> dict[str, float]:
+    """Train the run ``config`` (test ``popularity``), score its test users with ``predict`` and return the
+    metrics computed from that output, after checking that they equal what ``test`` reported."""
     trains = model != "popularity"  # popularity has nothing to train
     command = ["fit", "--config", config, "--test_after_fit=true"] if trains else ["test", "--config", config]
     cli = RecommenderCLI(args=command)
@@ -126,8 +136,8 @@ def train_and_score(model: str, data: Path, run_dir: Path, seed: int, cold_items
     epochs = cli.trainer.current_epoch if trains else 0
     predicted = RecommenderCLI(args=["predict", "--config", config, *checkpoint])
     writer = next(cb for cb in predicted.trainer.callbacks if isinstance(cb, TopKWriter))
-    result = predicted_metrics(writer.paths[0], PreparedDataset(data), cold_items)
-    for name in (f"recall@{K}", f"ndcg@{K}"):
+    result = predicted_metrics(writer.paths[0], PreparedDataset(data), cold_items, cutoffs)
+    for name in (f"{metric}@{k}" for metric in ("recall", "ndcg") for k in cutoffs):
         if abs(reported[name] - result[name]) > 1e-6:
             raise AssertionError(
                 f"{model}, seed {seed}: test reported {name} {reported[name]}, predict gives {result[name]}"
@@ -221,9 +231,8 @@ def main() -> None:
                 per_seed = {}
                 for seed in seeds:
                     run_dir = Path(runs) / f"{split}-{model}-{seed}"
-                    per_seed[seed] = train_and_score(
-                        model, data, run_dir, seed, cold_items if split == "cold" else None
-                    )
+                    config = str(run_config(model, data, run_dir, seed))
+                    per_seed[seed] = train_and_score(model, config, data, seed, cold_items if split == "cold" else None)
                     shutil.rmtree(run_dir, ignore_errors=True)
                     print(f"{split} {model} seed {seed}: {json.dumps(per_seed[seed])}", flush=True)
                 entry = {"runs": per_seed, "summary": summarise(list(per_seed.values()))}

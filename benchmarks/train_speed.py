@@ -34,7 +34,7 @@ import torch
 from results_file import publish
 
 from mmrec_lightning.cli import RecommenderCLI
-from mmrec_lightning.data.features import save_features
+from mmrec_lightning.features.files import save_features
 from mmrec_lightning.data.schema import PreparedDataset
 
 PREPARE = (
@@ -85,7 +85,7 @@ def train(
     if name in CONTENT_MODELS:
         for modality, path in features.items():
             init_args[f"{modality}_features"] = {
-                "class_path": "mmrec_lightning.encoders.features.ItemFeatures",
+                "class_path": "mmrec_lightning.features.ItemFeatures",
                 "init_args": {"path": str(path), "dtype": features_dtype},
             }
     config = {

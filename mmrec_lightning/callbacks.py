@@ -144,10 +144,10 @@ class NonFiniteGuard(L.Callback):
 
 
 class TopKWriter(BasePredictionWriter):
-    """Writes what ``predict`` returns — each user's top-K items (training items excluded) with scores,
-    and for multimodal models each item's modality weights (``weight_image``, ``weight_text``, ``weight_id``)
-    — to ``<run dir>/predictions.parquet`` (one file per rank under DDP), with the dataset's raw user and
-    item ids, one row per (user, rank).
+    """Writes what ``predict`` returns — each user's top-K items (training items excluded) with scores, and
+    the items' per-item outputs, such as a multimodal model's ``modality_weights/image``, ``…/text``,
+    ``…/id`` — to ``<run dir>/predictions.parquet`` (one file per rank under DDP), with the dataset's raw
+    user and item ids, one row per (user, rank).
 
     Args:
         directory: where to write; default the run's log directory.
@@ -166,7 +166,7 @@ class TopKWriter(BasePredictionWriter):
         directory.mkdir(parents=True, exist_ok=True)
         suffix = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         self.paths = [directory / f"predictions{suffix}.parquet"]
-        dataset = trainer.datamodule.dataset
+        dataset = pl_module.data_facts.dataset
         self._user_ids = dataset.users.column("raw_id")
         self._item_ids = dataset.items.column("raw_id")
         self._writer = None
@@ -182,10 +182,10 @@ class TopKWriter(BasePredictionWriter):
             "item": self._item_ids.take(pa.array(items.ravel())),
             "score": scores.ravel().astype(np.float32),
         }
-        if "modality_weights" in prediction:
-            weights = prediction["modality_weights"].float().cpu().numpy()
-            for index, name in enumerate(pl_module.modalities):
-                columns[f"weight_{name}"] = weights[..., index].ravel()
+        for output, names in pl_module.item_output_columns.items():
+            values = prediction[output].float().cpu().numpy()
+            for index, name in enumerate(names):
+                columns[f"{output}/{name}"] = values[..., index].ravel()
         table = pa.table(columns)
         if self._writer is None:
             self._writer = pq.ParquetWriter(str(self.paths[0]), table.schema)
@@ -235,7 +235,7 @@ class ImageFaultMonitor(L.Callback):
         self.stored += int((items["image_mask"] | failed).sum())
         self.examples.extend(items["item_ids"][failed].tolist()[: 5 - len(self.examples)])
         if self.stored >= self.min_images and self.failed > self.max_fraction * self.stored:
-            raw_ids = trainer.datamodule.dataset.items.column("raw_id")
+            raw_ids = pl_module.data_facts.dataset.items.column("raw_id")
             named = ", ".join(f"{i} ({raw_ids[i].as_py()})" for i in self.examples)
             raise ImageFaultError(
                 f"{self.failed} of {self.stored} images used this epoch could not be read (> "

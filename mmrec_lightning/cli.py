@@ -1,6 +1,7 @@
-"""The training CLI: LightningCLI with the data's sizes linked into the model, the config sent to the loggers,
-and every test written to JSON and printed next to a popularity baseline tested on the same data (after
-`test`, and after `fit --test_after_fit`, which tests the best checkpoint)."""
+"""The training CLI: LightningCLI with the data's sizes linked into the model, model and data connected
+(:func:`mmrec_lightning.connect.connect`), the config sent to the loggers, and every test written to JSON and
+printed next to a popularity baseline tested on the same data (after `test`, and after `fit --test_after_fit`,
+which tests the best checkpoint)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from mmrec_lightning.callbacks import (
 )
 from mmrec_lightning.checkpoint_io import use_atomic_checkpoints
 from mmrec_lightning.config_errors import explain_checkpoint_mismatch, explain_parse_error
-from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.connect import connect
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.export.exporter import VectorExporter
 from mmrec_lightning.models import Popularity, RecommenderModule
@@ -134,6 +136,11 @@ class RecommenderCLI(LightningCLI):
                 f"{checkpoint}: the model hyper-parameters saved in it are refused: {problem}"
             ) from error
 
+    def instantiate_classes(self) -> None:
+        """As Lightning's, then the model and the data connected: each gets what it needs from the other."""
+        super().instantiate_classes()
+        connect(self.model, self.datamodule)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """As Lightning's, with checkpoints written atomically and the process's intra-op threads chosen."""
         trainer = super().instantiate_trainer(**kwargs)
@@ -206,6 +213,7 @@ class RecommenderCLI(LightningCLI):
             num_categories=self.model.num_categories,
             top_k=self.model.test_metrics.top_k,
         )
+        connect(baseline, self.datamodule)
         loggers, self.trainer.loggers = self.trainer.loggers, []  # the baseline's metrics go under their own keys
         try:
             self.trainer.test(baseline, datamodule=self.datamodule, verbose=False)
@@ -217,3 +225,12 @@ class RecommenderCLI(LightningCLI):
             for logger in loggers:
                 logger.log_metrics({f"baseline/popularity/test/{k}": v for k, v in results["Popularity"].items()})
             print(f"\nTest metrics ({writer.path}):\n" + format_table(results, list(REPORTED)) + "\n")
+
+
+def main(args: list[str]) -> None:
+    """``python -m mmrec_lightning {fit,validate,test,predict,export} …``: the CLI run on ``args``, the command
+    line after the package name (``export`` arrives as ``predict … --export.enabled=true``)."""
+    with warnings.catch_warnings():
+        # the arguments are the command line itself, handed over by `__main__`; Lightning warns about both being set
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
+        RecommenderCLI(args=args)

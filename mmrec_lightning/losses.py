@@ -69,12 +69,16 @@ class SampledSoftmaxLoss(RecommendationLoss):
         temperature: divides the scores.
         logq_correction: correct the logits for how often each candidate is sampled (needs the training
             item counts, which the model passes in ``setup``, and the negatives' item ids).
+        in_batch: whether the other rows' positives are candidates too. Without, each row's positive competes
+            with its own sampled negatives only (uniform, so no correction is needed): what a sequential model
+            wants, whose batch holds a row per position of each history, B² candidates too many.
     """
 
-    def __init__(self, temperature: float = 0.1, logq_correction: bool = False) -> None:
+    def __init__(self, temperature: float = 0.1, logq_correction: bool = False, in_batch: bool = True) -> None:
         super().__init__()
         self.temperature = temperature
         self.logq_correction = logq_correction
+        self.in_batch = in_batch
         self.register_buffer("item_counts", None, persistent=False)
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
@@ -86,14 +90,17 @@ class SampledSoftmaxLoss(RecommendationLoss):
         return torch.log(batch_size * counts[ids] / counts.sum() + num_negatives / self._sampled_items)
 
     def logits(self, user, positive, negatives, positive_ids, negative_ids=None) -> torch.Tensor:
-        """``[B, B + N]``: the in-batch candidates (column b is row b's positive), then the row's negatives."""
+        """``[B, B + N]``: the in-batch candidates (column b is row b's positive), then the row's negatives;
+        without ``in_batch``, ``[B, 1 + N]``: the row's positive, then its negatives."""
         user, positive, negatives = user.float(), positive.float(), negatives.float()
+        sampled = torch.einsum("bd,bnd->bn", user, negatives)
+        if not self.in_batch:
+            return torch.cat([torch.linalg.vecdot(user, positive).unsqueeze(1), sampled], dim=1) / self.temperature
         in_batch = user @ positive.T
         same_item = positive_ids.unsqueeze(0) == positive_ids.unsqueeze(1)
         in_batch = in_batch.masked_fill(
             same_item & ~torch.eye(len(user), dtype=torch.bool, device=user.device), float("-inf")
         )
-        sampled = torch.einsum("bd,bnd->bn", user, negatives)
         logits = torch.cat([in_batch, sampled], dim=1) / self.temperature
         if not self.logq_correction:
             return logits
@@ -114,7 +121,8 @@ class SampledSoftmaxLoss(RecommendationLoss):
 
     def forward(self, user, positive, negatives, positive_ids, negative_ids=None):
         logits = self.logits(user, positive, negatives, positive_ids, negative_ids)
-        return F.cross_entropy(logits, torch.arange(len(user), device=logits.device))
+        targets = torch.arange(len(user), device=logits.device) if self.in_batch else logits.new_zeros(len(user))
+        return F.cross_entropy(logits, targets.long())
 
 
 class TaskWeighting(nn.Module):

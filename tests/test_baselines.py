@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_SPEC
-from test_cli import tiny_config
+from conftest import TINY_SPEC, tiny_config
 
 from mmrec_lightning.cli import RecommenderCLI
-from mmrec_lightning.data.datamodule import RecDataModule
-from mmrec_lightning.data.features import feature_file, save_features
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import PreparedDataset
-from mmrec_lightning.encoders.features import ItemFeatures
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.encoder import ItemFeatures
+from mmrec_lightning.features.files import feature_file, save_features
 from mmrec_lightning.losses import SampledSoftmaxLoss
 from mmrec_lightning.models import FREEDOM, VBPR, MatrixFactorization
 from mmrec_lightning.models.freedom import degree_sensitive_sample, item_item_graph, knn_graph
@@ -78,7 +78,9 @@ def _fit(model, path: Path, epochs: int, *callbacks: L.Callback) -> L.Trainer:
         accelerator="cpu", max_epochs=epochs, limit_val_batches=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
     )  # fmt: skip
-    trainer.fit(model, datamodule=_data(path))
+    data = _data(path)
+    connect(model, data)
+    trainer.fit(model, datamodule=data)
     return trainer
 
 
@@ -199,7 +201,7 @@ def test_training_lowers_the_loss(cls, featured_dir):
 def test_train_and_test_through_the_cli_then_reload(model, tmp_path, featured_dir, tokenizer_dir):
     features = {
         f"{m}_features": {
-            "class_path": "mmrec_lightning.encoders.features.ItemFeatures",
+            "class_path": "mmrec_lightning.features.ItemFeatures",
             "init_args": {"path": str(feature_file(featured_dir, m))},
         }
         for m in ("image", "text")

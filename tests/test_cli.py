@@ -10,7 +10,7 @@ import pytest
 import torch
 import wandb
 import yaml
-from conftest import TINY_BERT, TINY_SPEC
+from conftest import TINY_SPEC, tiny_config
 
 from mmrec_lightning.__main__ import main as entry_point
 from mmrec_lightning.callbacks import TestMetricsWriter, TopKWriter, redact
@@ -22,50 +22,6 @@ CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
 EXTRACT_CONFIGS = [path for path in CONFIGS if path.parent.name == "extract"]  # extract-features, not fit
 SWEEP_SPACES = [path for path in CONFIGS if path.parent.name == "sweep"]  # search spaces of `sweep`
 CONFIGS = [path for path in CONFIGS if path not in EXTRACT_CONFIGS + SWEEP_SPACES]
-
-
-def tiny_config(tmp_path: Path, data_path: Path, tokenizer_dir: Path, **trainer) -> Path:
-    config = {
-        "seed_everything": 0,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_epochs": 2,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(tmp_path / "runs"),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(tmp_path / "runs")},
-            },
-            "callbacks": [
-                {
-                    "class_path": "mmrec_lightning.model_checkpoint.ModelCheckpoint",
-                    "init_args": {"monitor": "val/recall@20", "mode": "max", "save_last": True},
-                }
-            ],
-            **trainer,
-        },
-        "model": {
-            "class_path": "mmrec_lightning.models.MultimodalRecommender",
-            "init_args": {
-                "image_encoder": {
-                    "class_path": "mmrec_lightning.encoders.image.TimmImageEncoder",
-                    "init_args": {"model_name": "test_efficientnet", "image_size": 32},
-                },
-                "text_encoder": {
-                    "class_path": "mmrec_lightning.encoders.text.HFTextEncoder",
-                    "init_args": {"config": TINY_BERT, "tokenizer": str(tokenizer_dir), "max_length": 16},
-                },
-                "embed_dim": 16,
-                "top_k": [5, 20],
-            },
-        },
-        "data": {"path": str(data_path), "batch_size": 64, "history_length": 5},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
@@ -152,12 +108,12 @@ def test_tiny_fit_then_test_through_the_cli_and_reload(tmp_path, synthetic_dir, 
     assert list(first["rank"]) == list(range(1, 21)) and first["score"].is_monotonic_decreasing
     assert not set(first["item"]) & {f"item{i}" for i in train.row(0)}  # training items excluded
     assert writer.paths[1].suffix == ".csv" and writer.paths[1].read_text().startswith('"user","rank"')
-    weights = table[["weight_image", "weight_text", "weight_id"]].to_numpy()
+    weights = table[["modality_weights/image", "modality_weights/text", "modality_weights/id"]].to_numpy()
     np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-5)  # which modality placed each item
     cold = table["item"].isin(dataset.items.column("raw_id").to_numpy()[dataset.metadata["cold_items"]])
     # a cold item's ID never counts, a warm one's always does (whether the tiny model ranks a cold item in
     # anyone's top 20 depends on its training, so the test must not)
-    assert ((table["weight_id"] == 0) == cold).all()
+    assert ((table["modality_weights/id"] == 0) == cold).all()
 
     model = MultimodalRecommender.load_from_checkpoint(best, weights_only=True)
     state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -198,7 +154,7 @@ def test_wandb_offline_run_receives_the_config(tmp_path, synthetic_dir, tokenize
     wandb.finish()
     (run_file,) = (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")  # synced later by `wandb sync`
     deadline = time.monotonic() + 60  # W&B's service process writes the file behind the run; give it time
-    while not (b"test_efficientnet" in (recorded := run_file.read_bytes()) and b"alpha_image" in recorded):
+    while not (b"test_efficientnet" in (recorded := run_file.read_bytes()) and b"modality_weights/image" in recorded):
         assert time.monotonic() < deadline, f"{run_file} lacks the config or the metrics: {recorded[:200]!r}"
         time.sleep(0.5)
 

@@ -9,8 +9,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 import yaml
-from conftest import TINY_SPEC
-from test_cli import tiny_config
+from conftest import TINY_SPEC, tiny_config
 
 from mmrec_lightning.__main__ import main as entry_point
 from mmrec_lightning.cli import RecommenderCLI

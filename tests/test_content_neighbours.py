@@ -5,8 +5,8 @@ import torch
 
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.fusion import AttentionFusion
-from mmrec_lightning.models.content_neighbours import ContentNeighbours
-from mmrec_lightning.models.item_tower import ItemTower
+from mmrec_lightning.towers.content_neighbours import ContentNeighbours
+from mmrec_lightning.towers.item import ItemTower
 
 # six items on a circle of text directions (item 5 has no content at all), one image direction each
 TEXT = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.0, 1.0], [0.1, 0.9], [0.0, 0.0]])
@@ -40,8 +40,8 @@ def test_the_modality_vector_is_the_mean_of_the_neighbours_embeddings_and_new_it
 
 
 def test_the_item_tower_gives_a_cold_item_its_neighbours_vector_and_the_gradient_reaches_them(tmp_path):
-    from mmrec_lightning.data.features import feature_file, save_features
-    from mmrec_lightning.encoders.features import ItemFeatures
+    from mmrec_lightning.features.encoder import ItemFeatures
+    from mmrec_lightning.features.files import feature_file, save_features
 
     save_features(feature_file(tmp_path, "text"), TEXT.numpy())
     tower = ItemTower(6, 2, AttentionFusion, text_encoder=ItemFeatures(str(feature_file(tmp_path, "text"))),
@@ -61,8 +61,8 @@ def test_neighbours_need_the_item_id_and_precomputed_features():
 
 
 def test_alignment_pairs_each_trained_items_content_vector_with_its_id_vector(tmp_path):
-    from mmrec_lightning.data.features import feature_file, save_features
-    from mmrec_lightning.encoders.features import ItemFeatures
+    from mmrec_lightning.features.encoder import ItemFeatures
+    from mmrec_lightning.features.files import feature_file, save_features
     from mmrec_lightning.heads import ContentAlignmentHead
     from mmrec_lightning.models import MultimodalRecommender
 

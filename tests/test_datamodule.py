@@ -3,9 +3,9 @@ import pytest
 import torch
 from conftest import TINY_BERT, TINY_SPEC
 
-from mmrec_lightning.data.datamodule import RecDataModule
-from mmrec_lightning.data.items import ItemPreprocessing
+from mmrec_lightning.data.contract import ItemPreprocessing
 from mmrec_lightning.data.schema import PreparedDatasetError
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
 
@@ -19,7 +19,7 @@ def preprocessing(tokenizer_dir):
 
 def _datamodule(path, preprocessing, **kwargs):
     dm = RecDataModule(path=str(path), batch_size=16, num_negatives=2, history_length=5, **kwargs)
-    dm.preprocessing = preprocessing
+    dm.connect(preprocessing)
     dm.setup("fit")
     return dm
 
@@ -35,7 +35,7 @@ def test_training_batches_load_each_distinct_item_once_with_its_content(syntheti
     assert batch["negatives"].shape == (16, 2)
     for row in range(16):
         user = int(batch["users"][row])
-        seen = dm.train_split.row(user)
+        seen = dm.facts.train.row(user)
         assert int(ids[batch["positives"][row]]) in seen
         assert not np.isin(ids[batch["negatives"][row]].numpy(), seen).any()
     missing_image = ~items["image_mask"]
@@ -57,7 +57,7 @@ def test_evaluation_users_come_with_targets_and_training_items_to_mask(synthetic
     dm = _datamodule(synthetic_dir, preprocessing)
     catalogue, users = dm.val_dataloader()
     assert sum(len(b["item_ids"]) for b in catalogue) == TINY_SPEC.items
-    valid = dm.dataset.split("valid")
+    valid = dm.facts.dataset.split("valid")
     seen_users = []
     for batch in users:
         for row, user in enumerate(batch["users"].tolist()):
@@ -65,7 +65,7 @@ def test_evaluation_users_come_with_targets_and_training_items_to_mask(synthetic
             targets = batch["target_items"][batch["target_rows"] == row]
             excluded = batch["exclude_items"][batch["exclude_rows"] == row]
             assert sorted(targets.tolist()) == sorted(valid.row(user).tolist())
-            assert sorted(excluded.tolist()) == sorted(dm.train_split.row(user).tolist())
+            assert sorted(excluded.tolist()) == sorted(dm.facts.train.row(user).tolist())
     assert seen_users == np.flatnonzero(valid.lengths() > 0).tolist()
 
 
@@ -74,10 +74,44 @@ def test_recbole_protocol_also_masks_validation_items_at_test(synthetic_dir, pre
     batch = next(iter(dm.test_dataloader()[1]))
     user = int(batch["users"][0])
     excluded = batch["exclude_items"][batch["exclude_rows"] == 0].tolist()
-    expected = dm.train_split.row(user).tolist() + dm.dataset.split("valid").row(user).tolist()
+    expected = dm.facts.train.row(user).tolist() + dm.facts.dataset.split("valid").row(user).tolist()
     assert sorted(excluded) == sorted(expected)
 
 
 def test_a_missing_dataset_without_a_synthetic_spec_says_what_to_do(tmp_path):
     with pytest.raises(PreparedDatasetError, match="prepare --source"):
         RecDataModule(path=str(tmp_path / "nothing"))
+
+
+def test_merged_splits_keep_each_users_interactions_in_time_order():
+    from mmrec_lightning.data.schema import SplitIndex
+
+    train = SplitIndex(np.array([0, 2, 3]), np.array([5, 6, 7]), np.array([1.0, 5.0, 2.0]))
+    valid = SplitIndex(np.array([0, 1, 2]), np.array([8, 9]), np.array([3.0, 2.0]))  # user 1's ties train's time
+    merged = train.merged(valid)
+    assert [merged.row(0).tolist(), merged.row(1).tolist()] == [[5, 8, 6], [7, 9]]
+    assert merged.times.tolist() == [1.0, 3.0, 5.0, 2.0, 2.0] and merged.ratings is None
+
+
+def test_after_a_leave_one_out_split_test_and_predict_read_the_validation_item_as_history(tmp_path):
+    from mmrec_lightning.data.prepare import main as prepare
+
+    rows = "".join(f"u{u},i{(u + k) % 9},{1000 + k}\n" for u in range(6) for k in range(5))
+    (tmp_path / "events.csv").write_text("user,item,time\n" + rows)
+    prepare(["--source", "table", "--interactions", str(tmp_path / "events.csv"), "--user_column", "user",
+             "--item_column", "item", "--timestamp_column", "time", "--split", "loo",
+             "--output", str(tmp_path / "d")])  # fmt: skip
+    dm = RecDataModule(path=str(tmp_path / "d"), history_length=10)
+    dm.setup("test")
+    valid, train = dm.facts.dataset.split("valid"), dm.facts.train
+    for split in ("test", None):  # prediction sees what test sees
+        users = dm.users_dataloader(split).dataset
+        example = users[0]
+        user = example["user"]
+        assert example["history"].tolist() == [*train.row(user).tolist(), *valid.row(user).tolist()]
+        assert sorted(example["exclude"].tolist()) == sorted(example["history"].tolist())
+    during_validation = dm.users_dataloader("valid").dataset[0]
+    assert during_validation["history"].tolist() == train.row(during_validation["user"]).tolist()
+    plain = RecDataModule(path=str(tmp_path / "d"), history_length=10, test_history="train")
+    plain.setup("test")
+    assert plain.users_dataloader("test").dataset[0]["history"].tolist() == train.row(user).tolist()

@@ -7,7 +7,7 @@ from conftest import TINY_BERT
 from PIL import Image
 from timm.data import create_transform
 
-from mmrec_lightning.data.sampling import seeded_augmentation
+from mmrec_lightning.data.samplers import seeded_augmentation
 from mmrec_lightning.data.sources.synthetic import draw_image
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import tiny_config
 from PIL import Image
-from test_cli import tiny_config
 
 from mmrec_lightning.__main__ import main as entry_point
 from mmrec_lightning.callbacks import TopKWriter

@@ -2,7 +2,6 @@
 
 import errno
 import io
-import os
 import signal
 import subprocess
 import sys
@@ -14,15 +13,15 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, Interrupt, resumable_fit, tiny_config
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
-from test_cli import tiny_config
 
 from mmrec_lightning.callbacks import NonFiniteGuard, NonFiniteLossError, SaveOnInterrupt
 from mmrec_lightning.checkpoint_io import AtomicCheckpointIO
 from mmrec_lightning.cli import RecommenderCLI
-from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import PreparedDataset
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.models import MatrixFactorization
 
 
@@ -45,6 +44,7 @@ def _fit(synthetic_dir, tmp_path, poisoned, guard):
         callbacks=[guard], default_root_dir=tmp_path, enable_checkpointing=False,
     )  # fmt: skip
     data = RecDataModule(path=str(synthetic_dir), batch_size=64, history_length=0)
+    connect(model, data)
     trainer.fit(model, datamodule=data)
     return model
 
@@ -82,35 +82,11 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run_naming_the_checkpoint(s
         _fit(synthetic_dir, tmp_path, {0, 1, 2, 3}, NonFiniteGuard(max_consecutive=3))
 
 
-class Interrupt(L.Callback):
-    """Sends the process a signal after a given global step, as a scheduler's preemption would."""
-
-    def __init__(self, at_step: int, signum: signal.Signals) -> None:
-        self.at_step = at_step
-        self.signum = signum
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.at_step:
-            # a signal left at its default would kill pytest itself rather than fail this test
-            assert signal.getsignal(self.signum) not in (signal.SIG_DFL, signal.SIG_IGN), f"{self.signum!r} unhandled"
-            os.kill(os.getpid(), self.signum)
-
-
 def _resumable_fit(synthetic_dir, tmp_path, interrupt=None, ckpt_path=None):
     L.seed_everything(0)
     model = MatrixFactorization(num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5])
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt")  # end of epoch only
-    callbacks = [checkpoints, SaveOnInterrupt()] + ([Interrupt(*interrupt)] if interrupt is not None else [])
-    trainer = L.Trainer(
-        max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=callbacks, default_root_dir=tmp_path, deterministic=True,
-    )  # fmt: skip
     data = RecDataModule(path=str(synthetic_dir), batch_size=64, history_length=3, num_negatives=2)
-    try:
-        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-    except SystemExit:  # Lightning's SIGTERMException
-        return None
-    return model
+    return resumable_fit(model, data, tmp_path, 3, Interrupt(*interrupt) if interrupt else None, ckpt_path)
 
 
 def test_a_run_terminated_or_preempted_mid_epoch_three_times_ends_like_one_that_never_stopped(synthetic_dir, tmp_path):
@@ -168,7 +144,9 @@ def test_images_broken_after_prepare_are_counted_and_past_a_fraction_stop_the_ru
             max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
             callbacks=[monitor], enable_checkpointing=False, default_root_dir=tmp_path,
         )  # fmt: skip
-        trainer.fit(_image_model(), datamodule=RecDataModule(path=str(path), batch_size=64, history_length=2))
+        model, data = _image_model(), RecDataModule(path=str(path), batch_size=64, history_length=2)
+        connect(model, data)
+        trainer.fit(model, datamodule=data)
 
     few = ImageFaultMonitor(max_fraction=0.5, min_images=1)
     fit(_with_broken_images(synthetic_dir, tmp_path / "few", [3]), few)  # one item: trains without its image
@@ -203,7 +181,8 @@ def test_a_decompression_bomb_and_a_one_pixel_image_are_handled(synthetic_dir, m
     import numpy as np
     from PIL import Image
 
-    from mmrec_lightning.data.items import ItemContent, ItemPreprocessing
+    from mmrec_lightning.data.contract import ItemPreprocessing
+    from mmrec_lightning.data.items import ItemContent
 
     content = ItemContent(str(synthetic_dir), ItemPreprocessing(), np.ones(TINY_SPEC.items))
     tiny = io.BytesIO()
@@ -239,7 +218,9 @@ def test_under_slurm_sigusr1_is_left_to_lightnings_requeue(synthetic_dir, tmp_pa
         default_root_dir=tmp_path,
     )  # fmt: skip
     model = MatrixFactorization(num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5])
-    trainer.fit(model, datamodule=RecDataModule(path=str(synthetic_dir), batch_size=64, history_length=0))
+    data = RecDataModule(path=str(synthetic_dir), batch_size=64, history_length=0)
+    connect(model, data)
+    trainer.fit(model, datamodule=data)
     assert [handler.__name__ for handler in seen.handlers] == ["_slurm_sigusr_handler_fn"]
 
 

@@ -8,16 +8,17 @@ import torch
 from conftest import TINY_BERT, TINY_SPEC
 from test_cli import EXTRACT_CONFIGS
 
-from mmrec_lightning.data.datamodule import RecDataModule
-from mmrec_lightning.data.features import feature_file, read_features, save_features
-from mmrec_lightning.data.matrices import RowParts
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import PreparedDataset
-from mmrec_lightning.encoders.features import ItemFeatures
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
 from mmrec_lightning.errors import ConfigurationError
-from mmrec_lightning.extract import FeatureExtractor, _parser, extract_features
-from mmrec_lightning.extract import main as extract_main
+from mmrec_lightning.features.encoder import ItemFeatures
+from mmrec_lightning.features.extract import FeatureExtractor, _parser, extract_features
+from mmrec_lightning.features.extract import main as extract_main
+from mmrec_lightning.features.files import feature_file, read_features, save_features
+from mmrec_lightning.features.matrices import RowParts
 from mmrec_lightning.fusion import ScoreFusion
 from mmrec_lightning.models import MultimodalRecommender
 
@@ -32,7 +33,7 @@ def _encoders(tokenizer_dir):
 def _catalogue(extractor, data_dir):
     """Every item's content, preprocessed for evaluation, in one batch."""
     dm = RecDataModule(path=str(data_dir), item_batch_size=TINY_SPEC.items)
-    dm.preprocessing = extractor.item_preprocessing()
+    dm.connect(extractor.item_preprocessing())
     dm.setup("predict")
     return next(iter(dm.catalogue_dataloader()))
 
@@ -131,9 +132,9 @@ def test_score_fusion_gives_users_one_block_per_modality(synthetic_dir, tokenize
         top_k=[5],
     )
     dm = RecDataModule(path=str(synthetic_dir), batch_size=16, history_length=3)
-    dm.preprocessing = model.item_preprocessing()
+    connect(model, dm)
     dm.setup("fit")
-    model.loss.set_item_counts(torch.as_tensor(dm.item_train_counts))  # what setup does under a Trainer
+    model.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     loss = model.training_step(batch, 0)
     loss.backward()

@@ -120,6 +120,18 @@ def test_in_batch_softmax_does_not_count_the_same_item_as_a_negative():
     assert different > same
 
 
+def test_without_in_batch_candidates_each_positive_competes_with_its_own_negatives_only():
+    user = torch.tensor([[1.0], [2.0]])
+    positive = torch.tensor([[1.0], [3.0]])
+    negatives = torch.tensor([[[0.5], [0.0]], [[1.0], [-1.0]]])
+    loss = SampledSoftmaxLoss(temperature=0.5, in_batch=False)(user, positive, negatives, torch.tensor([1, 2]))
+    by_hand = [  # softmax over [s+, s-1, s-2] / T, row by row; the other row's positive takes no part
+        -torch.log_softmax(torch.tensor([1.0, 0.5, 0.0]) / 0.5, 0)[0],
+        -torch.log_softmax(torch.tensor([6.0, 2.0, -2.0]) / 0.5, 0)[0],
+    ]
+    assert torch.allclose(loss, torch.stack(by_hand).mean())
+
+
 def test_logq_correction_lowers_popular_candidates_relative_to_rare_ones():
     counts = torch.tensor([90.0, 10.0, 0.0, 0.0])  # item 0 popular, item 1 rare; 4 items
     user = torch.ones(2, 1)

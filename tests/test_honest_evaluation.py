@@ -9,19 +9,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TINY_SPEC
-from test_cli import tiny_config
+from conftest import TINY_SPEC, tiny_config
 
 from mmrec_lightning.callbacks import TestMetricsWriter, TopKWriter
 from mmrec_lightning.cli import RecommenderCLI
-from mmrec_lightning.data.datasets import EvalUsers, TrainInteractions, user_statistics
-from mmrec_lightning.data.features import feature_file, save_features
+from mmrec_lightning.data.datasets import TrainInteractions, user_statistics
 from mmrec_lightning.data.schema import PreparedDataset
+from mmrec_lightning.evaluation import EvalUsers
+from mmrec_lightning.features.files import feature_file, save_features
 
 K = 20
 FEATURES = {
-    "image_features": {"class_path": "mmrec_lightning.encoders.features.ItemFeatures", "init_args": {"path": "IMAGE"}},
-    "text_features": {"class_path": "mmrec_lightning.encoders.features.ItemFeatures", "init_args": {"path": "TEXT"}},
+    "image_features": {"class_path": "mmrec_lightning.features.ItemFeatures", "init_args": {"path": "IMAGE"}},
+    "text_features": {"class_path": "mmrec_lightning.features.ItemFeatures", "init_args": {"path": "TEXT"}},
 }
 MODELS = {
     "multimodal": ("MultimodalRecommender", {}),

@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_SPEC
 from PIL import Image
 
-from mmrec_lightning.data.items import ImageTransform, ItemContent, ItemPreprocessing
+from mmrec_lightning.data.contract import ImageTransform, ItemPreprocessing
+from mmrec_lightning.data.items import ItemContent
 from mmrec_lightning.data.sources.synthetic import draw_image
 from mmrec_lightning.encoders.image import TimmImageEncoder
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from mmrec_lightning.evaluation import hits_of, rank_items
 from mmrec_lightning.metrics import RankingMetrics
-from mmrec_lightning.models.base import hits_of, rank_items
 
 INF = float("inf")
 
@@ -102,11 +102,11 @@ def test_sparse_hits_match_dense_relevance():
 def test_warm_and_cold_targets_are_scored_on_the_same_ranking():
     from torch import nn
 
+    from mmrec_lightning.evaluation import USERS
     from mmrec_lightning.models import Popularity
-    from mmrec_lightning.models.base import USERS
 
     model = Popularity(num_users=1, num_items=5, top_k=[2])
-    model._item_table = torch.tensor([[5.0], [4.0], [3.0], [0.0], [0.0]])
+    model._item_table = {"vectors": torch.tensor([[5.0], [4.0], [3.0], [0.0], [0.0]])}
     model._cold_group = torch.tensor([False, False, False, True, True])
     batch = {
         "users": torch.tensor([0]),

@@ -5,12 +5,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_SPEC
+from conftest import TINY_BERT, TINY_SPEC, losses_on_one_batch
 from PIL import Image
 
-from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import PreparedDataset, write_prepared
 from mmrec_lightning.data.sources import synthetic as syn
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.image import TimmImageEncoder
 from mmrec_lightning.encoders.text import HFTextEncoder
 from mmrec_lightning.errors import ConfigurationError
@@ -40,7 +41,7 @@ def _model(tokenizer_dir, freeze=False, image_args=None, text_args=None, **kwarg
 
 def _datamodule(model, data_dir):
     dm = RecDataModule(path=str(data_dir), batch_size=32, num_negatives=2, history_length=5)
-    dm.preprocessing = model.item_preprocessing()
+    connect(model, dm)
     dm.setup("fit")
     return dm
 
@@ -73,17 +74,9 @@ def rated_dir(tmp_path_factory):
 def test_training_loss_falls(synthetic_dir, tokenizer_dir):
     model = _model(tokenizer_dir, dropout=0.0, modality_dropout=0.0, history_dropout=0.0)  # no noise in the curve
     dm = _datamodule(model, synthetic_dir)
-    model.loss.set_item_counts(torch.as_tensor(dm.item_train_counts))  # what setup does under a Trainer
+    model.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    losses = []
-    for step in range(30):
-        loss = model.training_step(batch, step)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
+    losses = losses_on_one_batch(model, batch, 30, torch.optim.AdamW(model.parameters(), lr=3e-3))
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
@@ -155,6 +148,7 @@ def test_ratings_reach_the_training_batch_and_missing_ones_are_nan(rated_dir, sy
 def test_a_rating_head_without_ratings_in_the_data_is_refused(synthetic_dir, tokenizer_dir):
     model = _model(tokenizer_dir, rating_head=RatingHead)
     dm = RecDataModule(path=str(synthetic_dir), batch_size=32, history_length=5)
+    connect(model, dm)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False)
     with pytest.raises(ConfigurationError, match="no ratings"):
         trainer.fit(model, datamodule=dm)
@@ -180,6 +174,7 @@ def test_one_fit_step_with_every_head_learned_weights_logq_and_partly_trained_en
     )
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     dm = RecDataModule(path=str(rated_dir), batch_size=32, num_negatives=2, history_length=5)
+    connect(model, dm)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=1,
@@ -190,7 +185,7 @@ def test_one_fit_step_with_every_head_learned_weights_logq_and_partly_trained_en
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    assert torch.equal(model.loss.item_counts, torch.as_tensor(dm.item_train_counts, dtype=torch.float32))
+    assert torch.equal(model.loss.item_counts, torch.as_tensor(dm.facts.item_train_counts, dtype=torch.float32))
     assert model.task_weighting.names == ["category", "contrastive", "rating"]
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     for name in ("task_weighting.log_variance", "contrastive_head.log_scale", "rating_head.mlp.0.weight"):
@@ -266,7 +261,7 @@ def test_encoder_lr_puts_the_encoders_trainable_parameters_in_their_own_group(to
 def test_a_new_item_is_placed_from_its_content_as_a_cold_catalogue_item_is(synthetic_dir, tokenizer_dir):
     model = _model(tokenizer_dir, freeze=True)
     dm = _datamodule(model, synthetic_dir)
-    cold = np.flatnonzero(dm.item_train_counts == 0)[:3]
+    cold = np.flatnonzero(dm.facts.item_train_counts == 0)[:3]
     catalogue = dm.catalogue_dataloader().collate_fn(cold.tolist())
     dataset = PreparedDataset(synthetic_dir)
     images = [Image.open(io.BytesIO(dataset.items.column("image")[int(i)].as_py())) for i in cold]
@@ -276,7 +271,7 @@ def test_a_new_item_is_placed_from_its_content_as_a_cold_catalogue_item_is(synth
     assert model.training
     model.eval()
     with torch.no_grad():
-        expected = model.encode_items(catalogue)
+        expected = model.encode_items(catalogue)["vectors"]
     torch.testing.assert_close(new, expected, atol=1e-5, rtol=1e-4)
     text_only = model.encode_new_items([None], [texts[0]])
     assert text_only.shape == (1, 16) and not torch.allclose(text_only, new[:1])

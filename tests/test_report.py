@@ -17,17 +17,17 @@ import pytest
 import torch
 import wandb
 import yaml
-from conftest import TINY_SPEC
+from conftest import TINY_SPEC, tiny_config
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
-from test_cli import tiny_config
 
 from mmrec_lightning.cli import RecommenderCLI
-from mmrec_lightning.data.datamodule import RecDataModule
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.data.sources.synthetic import COLOURS
+from mmrec_lightning.datamodule import RecDataModule
+from mmrec_lightning.evaluation import CATALOGUE, USERS, rank_items
 from mmrec_lightning.models import MultimodalRecommender
-from mmrec_lightning.models.base import CATALOGUE, USERS, rank_items
 from mmrec_lightning.report import ReportWriter
 from mmrec_lightning.report.gallery import Gallery, Recommendation, SampleUser
 from mmrec_lightning.report.html import build_report
@@ -81,7 +81,7 @@ class Page(HTMLParser):
 
 def test_metrics_at_k_reads_each_group_and_ignores_other_values():
     results = {"recall@20": 0.5, "recall@5": 0.2, "ndcg@5": 0.1, "warm/recall@5": 0.3, "cold/recall@5": 0.0}
-    results |= {"users": 60.0, "alpha_image": 0.4, "cold/users": 9.0}
+    results |= {"users": 60.0, "modality_weights/image": 0.4, "cold/users": 9.0}
     assert metrics_at_k(results) == {"recall": {5: 0.2, 20: 0.5}, "ndcg": {5: 0.1}}
     assert list(metrics_at_k(results)["recall"]) == [5, 20]
     assert metrics_at_k(results, "warm") == {"recall": {5: 0.3}}
@@ -150,14 +150,14 @@ def best_model_ranking(best: str, data_path: Path, users: list[int]) -> tuple[np
     """The top-K items and modality weights of ``users`` on the test path, computed here from the checkpoint."""
     model = MultimodalRecommender.load_from_checkpoint(best, weights_only=True).eval()
     data = RecDataModule(str(data_path), history_length=5)
+    connect(model, data)
     data.setup("test")
-    data.preprocessing = model.item_preprocessing()
     catalogue, test_users = data.test_dataloader()[CATALOGUE], data.test_dataloader()[USERS].dataset
     with torch.no_grad():
-        encoded = [(batch["item_ids"], model.encode_items(batch), model.item_tower(batch)) for batch in catalogue]
-        order = torch.cat([ids for ids, _, _ in encoded]).argsort()
-        table = torch.cat([vectors for _, vectors, _ in encoded])[order]
-        weights = torch.cat([e.weights for _, _, e in encoded])[order]
+        encoded = [(batch["item_ids"], model.encode_items(batch)) for batch in catalogue]
+        order = torch.cat([ids for ids, _ in encoded]).argsort()
+        table = torch.cat([outputs["vectors"] for _, outputs in encoded])[order]
+        weights = torch.cat([outputs["modality_weights"] for _, outputs in encoded])[order]
         examples = [test_users[int(np.flatnonzero(test_users.users == user)[0])] for user in users]
         batch = data.test_dataloader()[USERS].collate_fn(examples)
         vectors = model.encode_users(batch, table)
@@ -229,7 +229,7 @@ def test_fit_with_test_after_fit_writes_a_report_of_the_best_model(tmp_path, syn
     # W&B: the gallery as a table of thumbnails, titles and weights, and each metric against K
     table = logged["report/sample_users"]
     columns = ["user", "role", "position", "item", "title", "image", "score", "hit"]
-    assert table.columns == [*columns, *(f"weight_{m}" for m in modalities)]
+    assert table.columns == [*columns, *(f"modality_weights/{m}" for m in modalities)]
     display = ItemDisplay(dataset)
     first = samples[0]
     rows = [dict(zip(table.columns, row, strict=True)) for row in table.data]
@@ -238,7 +238,7 @@ def test_fit_with_test_after_fit_writes_a_report_of_the_best_model(tmp_path, syn
     assert [r["item"] for r in recommended] == [display.raw_id(r.item) for r in first.recommendations]
     assert [r["title"] for r in recommended] == [display.title(r.item) for r in first.recommendations]
     assert [r["position"] for r in recommended] == list(range(1, TOP_K + 1))
-    assert [r["weight_text"] for r in recommended] == [r.weights["text"] for r in first.recommendations]
+    assert [r["modality_weights/text"] for r in recommended] == [r.weights["text"] for r in first.recommendations]
     index = {raw: item for item, raw in enumerate(dataset.items.column("raw_id").to_pylist())}
     assert all(isinstance(r["image"], wandb.Image) for r in rows if display.thumbnail(index[r["item"]]) is not None)
     recall = logged["report/recall_at_k"].table

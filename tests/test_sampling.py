@@ -2,20 +2,22 @@ import numpy as np
 import pytest
 
 from mmrec_lightning.data.datasets import TrainInteractions
-from mmrec_lightning.data.sampling import EpochSampler, shard_sizes
-from mmrec_lightning.data.schema import PreparedDataset
+from mmrec_lightning.data.negatives import NegativeSampler
+from mmrec_lightning.data.samplers import EpochSampler, shard_sizes
+from mmrec_lightning.data.schema import PreparedDataset, SplitIndex
 
 
 def _dataset(train, num_negatives=5, history_length=4, seed=0):
     return TrainInteractions(train, num_items=40, num_negatives=num_negatives, history_length=history_length, seed=seed)
 
 
-def test_a_user_who_saw_every_item_has_no_negative(synthetic_dir):
-    train = PreparedDataset(synthetic_dir).split("train")
-    dataset = TrainInteractions(train, num_items=int(train.items.max()) + 1, num_negatives=1, history_length=1, seed=0)
-    dataset._full_users = np.array([int(dataset[(np.array([0]), 0)]["users"][0])])
+def test_a_user_who_saw_every_item_has_no_negative():
+    # user 0 saw items 0-2, every item that occurs in training (item 3 is cold: never a candidate)
+    train = SplitIndex(indptr=np.array([0, 3, 4]), items=np.array([0, 1, 2, 0]), times=np.zeros(4))
+    sampler = NegativeSampler(train, num_items=4, num_negatives=2)
+    assert set(sampler(np.random.default_rng(0), np.array([1] * 50)).ravel()) == {1, 2}
     with pytest.raises(ValueError, match="every item"):
-        dataset[(np.array([0]), 0)]
+        sampler(np.random.default_rng(0), np.array([1, 0]))
 
 
 def test_training_examples_exclude_the_users_training_items(synthetic_dir):

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli import tiny_config
+from conftest import tiny_config
 
 SLURM = Path(__file__).parents[1] / "slurm"
 SCRIPTS = sorted(SLURM.glob("*.sbatch")) + sorted(SLURM.glob("*.sh"))

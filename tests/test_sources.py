@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmrec_lightning.data.features import SourceFeatures, feature_file, read_features
 from mmrec_lightning.data.prepare import main as prepare
 from mmrec_lightning.data.schema import PreparedDataset, write_prepared
 from mmrec_lightning.data.sources import SOURCES
@@ -23,6 +22,7 @@ from mmrec_lightning.data.sources.movielens import GENRES_100K, MovieLensOptions
 from mmrec_lightning.data.sources.table import TableOptions
 from mmrec_lightning.data.sources.text import clean_text
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.files import SourceFeatures, feature_file, read_features
 
 
 def _jpeg(path: Path, colour: str = "red") -> Path:
@@ -514,7 +514,7 @@ def test_table_keeps_its_own_split_column(tmp_path, labels):
 
 
 def test_designated_cold_items_are_recorded_and_evaluated_as_the_cold_group(tmp_path):
-    from mmrec_lightning.data.datamodule import RecDataModule
+    from mmrec_lightning.datamodule import RecDataModule
 
     rows = [("a", 1, "train"), ("a", 2, "train"), ("b", 1, "train"), ("b", 2, "train"), ("c", 2, "train")]
     rows += [("a", 3, "test"), ("b", 4, "valid"), ("b", 3, "test"), ("c", 4, "test"), ("c", 1, "valid")]
@@ -527,7 +527,7 @@ def test_designated_cold_items_are_recorded_and_evaluated_as_the_cold_group(tmp_
     assert dataset.metadata["split"]["cold_items"] == 2  # both lack training interactions
     data = RecDataModule(path=str(dataset.path), history_length=2)
     data.setup("test")
-    assert [item_ids[i] for i in np.flatnonzero(data.cold_item_group)] == ["3"]
+    assert [item_ids[i] for i in np.flatnonzero(data.facts.cold_items)] == ["3"]
     unknown = _write(tmp_path / "unknown.csv", "item_id\n3\n9\n")
     with pytest.raises(ConfigurationError, match=r"unknown.csv line 3: item '9' is not in the catalogue"):
         _prepare(dataclasses.replace(options, cold_items=str(unknown)), tmp_path / "again")
@@ -661,6 +661,27 @@ def test_prepare_imports_neither_torch_nor_lightning():
     import subprocess
     import sys
 
-    code = "import sys, mmrec_lightning.data.prepare; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['mmrec_lightning', 'prepare', '--help']\n"
+        "try:\n    runpy.run_module('mmrec_lightning', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"  # each takes seconds and hundreds of MB to import (benchmarks/prepare_start.py)
+    assert "--source" in done.stdout  # the help was printed
+    assert done.stdout.strip().splitlines()[-1] == "[]"  # each takes seconds and hundreds of MB to import
+
+
+def test_nothing_in_the_data_package_imports_lightning():
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, sys, mmrec_lightning.data as data\n"
+        "for module in pkgutil.walk_packages(data.__path__, 'mmrec_lightning.data.'):\n"
+        "    importlib.import_module(module.name)\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'lightning'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

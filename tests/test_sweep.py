@@ -40,15 +40,16 @@ def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choos
 
     class Recorded(sweep.RecommenderCLI):
         def __init__(self, args, **kwargs):
-            commands.append(args[0])
+            commands.append("resolve" if "--print_config" in args else args[0])
             super().__init__(args=args, **kwargs)
 
     monkeypatch.setattr(sweep, "RecommenderCLI", Recorded)
     output = files / "sweep"
     sweep.main(["--config", str(files / "config.yaml"), "--space", str(files / "space.yaml"), "--trials", "4",
                 "--seeds", "0", "1", "--top", "2", "--output", str(output), "--startup_trials", "10"])  # fmt: skip
-    assert commands[:-1] == ["fit"] * (len(commands) - 1) and commands[-1] == "test"  # the test split: last, once
-    assert len(commands) == 4 + 2 + 1  # four trials, the top two again under the second seed, one test
+    assert commands[0] == "resolve"  # the config read as fit reads it, includes and defaults resolved
+    assert commands[1:-1] == ["fit"] * (len(commands) - 2) and commands[-1] == "test"  # the test split: last, once
+    assert len(commands) == 1 + 4 + 2 + 1  # four trials, the top two again under the second seed, one test
     trials, reruns = pd.read_csv(output / "trials.csv"), pd.read_csv(output / "reruns.csv")
     assert len(trials) == 4 and trials["val/recall@20"].max() > trials["val/recall@20"].min()
     winner = reruns.groupby("trial")["value"].mean().idxmax()
@@ -73,6 +74,15 @@ def test_two_processes_share_one_study_without_repeating_a_trial(files):
     numbers = [trial.number for trial in study.trials]
     assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5  # two may start the last one together
     assert {trial.state for trial in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+
+
+def test_a_config_that_includes_another_is_tuned_as_fit_reads_it(files, tmp_path):
+    variant = tmp_path / "variants" / "small.yaml"
+    variant.parent.mkdir()
+    variant.write_text("config: ../config.yaml\nmodel.init_args.embed_dim: 8\n")
+    config = sweep.resolved(variant)
+    assert "config" not in config and config["model"]["init_args"]["embed_dim"] == 8
+    assert config["trainer"]["max_epochs"] == 2 and config["data"]["batch_size"] == 256  # from the included file
 
 
 def test_a_space_file_is_checked_and_sets_dotted_keys(tmp_path):

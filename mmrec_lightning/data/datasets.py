@@ -1,6 +1,7 @@
-"""The three streams a recommender needs: training examples, evaluation users, and the item catalogue.
+"""The training stream: one example per training interaction, with its negatives, the user's history and
+behaviour statistics (the evaluation streams are in :mod:`mmrec_lightning.evaluation`).
 
-Datasets return item *indices* only; the collators load each distinct item's image and text once per
+The dataset returns item *indices* only; the collator loads each distinct item's image and text once per
 batch (batches share popular items), in the loader's worker processes.
 """
 
@@ -14,7 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mmrec_lightning.data.items import ItemContent
-from mmrec_lightning.data.sampling import example_rng, seeded_augmentation
+from mmrec_lightning.data.negatives import NegativeSampler
+from mmrec_lightning.data.samplers import example_rng, seeded_augmentation
 from mmrec_lightning.data.schema import SplitIndex
 
 SECONDS_PER_DAY = 86_400.0
@@ -40,24 +42,6 @@ def user_statistics(train: SplitIndex) -> np.ndarray:
     return np.stack([np.log1p(counts), np.log1p(days)], axis=-1).astype(np.float32)
 
 
-def _pad(rows: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-aligned padding of variable-length index rows; returns (indices, mask), padding index 0."""
-    out = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
-    mask = np.zeros_like(out, dtype=bool)
-    for r, row in enumerate(rows):
-        out[r, : len(row)] = row
-        mask[r, : len(row)] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)
-
-
-def _pairs(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ragged batch as (row, column) coordinate tensors."""
-    lengths = [len(r) for r in rows]
-    row_ids = np.repeat(np.arange(len(rows)), lengths)
-    cols = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-    return torch.from_numpy(row_ids.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))
-
-
 class TrainInteractions(Dataset):
     """One example per training interaction: the user, the positive item, sampled negatives (uniform over the
     items that occur in training, never one of the user's training items), the user's history, and the
@@ -69,7 +53,7 @@ class TrainInteractions(Dataset):
     shows the model (the latest training items) when held-out interactions fall anywhere in the user's time
     line, as in a random split.
 
-    Indexed a batch at a time by ``(indices, epoch)`` (see :class:`~mmrec_lightning.data.sampling.EpochSampler`),
+    Indexed a batch at a time by ``(indices, epoch)`` (see :class:`~mmrec_lightning.data.samplers.EpochSampler`),
     vectorised: negatives are drawn from a generator seeded by (seed, epoch, first index of the batch), so
     batches do not depend on the number of workers.
     """
@@ -90,32 +74,11 @@ class TrainInteractions(Dataset):
         self.history_length = history_length
         self.seed = seed
         self._users = np.repeat(np.arange(len(train.indptr) - 1, dtype=np.int64), train.lengths())  # per interaction
-        self._seen = np.sort(self._users * num_items + train.items)  # (user, item) keys, for negative rejection
-        # negatives are drawn from the items that occur in training: an item no one chose in training (a cold
-        # item) would otherwise only ever be a negative, and a content model would learn to bury its content
-        self._candidates = np.flatnonzero(np.bincount(train.items, minlength=num_items) > 0)
-        self._full_users = np.flatnonzero(train.lengths() >= len(self._candidates))
+        self._negatives = NegativeSampler(train, num_items, num_negatives)
         self._stats = user_statistics(train)
 
     def __len__(self) -> int:
         return len(self.train.items)
-
-    def _is_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = users * self.num_items + items
-        found = np.minimum(np.searchsorted(self._seen, keys), len(self._seen) - 1)
-        return self._seen[found] == keys
-
-    def _negatives(self, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
-        """Uniform negatives per user, redrawn until none is one of the user's training items."""
-        if np.isin(users, self._full_users).any():
-            raise ValueError("cannot sample a negative: a user has interacted with every item")
-        users = np.repeat(users, self.num_negatives)
-        negatives = self._candidates[rng.integers(len(self._candidates), size=len(users))]
-        redraw = self._is_seen(users, negatives)
-        while redraw.any():
-            negatives[redraw] = self._candidates[rng.integers(len(self._candidates), size=int(redraw.sum()))]
-            redraw[redraw] = self._is_seen(users[redraw], negatives[redraw])
-        return negatives.reshape(-1, self.num_negatives)
 
     def __getitem__(self, key: tuple[np.ndarray, int]) -> dict[str, np.ndarray]:
         """The batch of the interactions at ``indices`` in ``epoch``, ``key = (indices, epoch)``."""
@@ -145,6 +108,29 @@ class TrainInteractions(Dataset):
         return batch
 
 
+def _load_distinct(
+    content: ItemContent, seed: int, key: tuple[int, int], parts: list[np.ndarray]
+) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Each distinct item of ``parts`` loaded once (augmented from (seed, epoch, batch)), and each part as
+    indices into the loaded items."""
+    unique, inverse = np.unique(np.concatenate([part.ravel() for part in parts]), return_inverse=True)
+    index, epoch = key
+    augmented = content.preprocessing.image_train is not None
+    with seeded_augmentation(seed, epoch, index) if augmented else contextlib.nullcontext():
+        items = content.load(unique, train=True)
+    ends = np.cumsum([part.size for part in parts])
+    return items, [
+        torch.from_numpy(i.reshape(p.shape)) for i, p in zip(np.split(inverse, ends[:-1]), parts, strict=True)
+    ]
+
+
+def _scatter(indices: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """``indices`` of the ``mask``ed places, in an array of the mask's shape (0 elsewhere)."""
+    full = torch.zeros(mask.shape, dtype=indices.dtype)
+    full[torch.from_numpy(mask)] = indices
+    return full
+
+
 class TrainCollator:
     """Loads each distinct item of a batch (positive, negative or history) once and turns the batch into
     tensors whose item fields index the batch's item list."""
@@ -154,25 +140,14 @@ class TrainCollator:
         self.seed = seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        positives, negatives, history, mask = (
-            batch["items"],
-            batch["negatives"],
-            batch["history"],
-            batch["history_mask"],
-        )
-        unique, inverse = np.unique(np.concatenate([positives, negatives.ravel(), history[mask]]), return_inverse=True)
-        n, k = len(positives), negatives.size
-        history_index = np.zeros_like(history)
-        history_index[mask] = inverse[n + k :]
-        index, epoch = batch["key"]
-        augmented = self.content.preprocessing.image_train is not None
-        with seeded_augmentation(self.seed, epoch, index) if augmented else contextlib.nullcontext():
-            items = self.content.load(unique, train=True)
+        mask = batch["history_mask"]
+        parts = [batch["items"], batch["negatives"], batch["history"][mask]]
+        items, (positives, negatives, history) = _load_distinct(self.content, self.seed, batch["key"], parts)
         collated = {
             "users": torch.from_numpy(batch["users"]),
-            "positives": torch.from_numpy(inverse[:n]),
-            "negatives": torch.from_numpy(inverse[n : n + k].reshape(negatives.shape)),
-            "history": torch.from_numpy(history_index),
+            "positives": positives,
+            "negatives": negatives,
+            "history": _scatter(history, mask),
             "history_mask": torch.from_numpy(mask),
             "stats": torch.from_numpy(batch["stats"]),
             "items": items,
@@ -182,78 +157,68 @@ class TrainCollator:
         return collated
 
 
-class EvalUsers(Dataset):
-    """The users with at least one interaction in the evaluated split (every user when ``target`` is None,
-    for prediction), with what the ranking needs: their history (last training items), the items to find
-    and the items to mask out.
+class TrainSequences(Dataset):
+    """One example per user with at least two training items, for next-item prediction at every position:
+    the user's latest ``max_length + 1`` training items, oldest first, as a ``sequence`` (all but the last)
+    and its ``targets`` (each item's successor), padded at the end, with sampled negatives per position
+    (never one of the user's training items).
 
-    Nothing of the evaluated split reaches the model: the history and the behaviour statistics come from the
-    training split alone (:func:`user_statistics`), the same for validation, test and prediction.
+    Indexed a batch at a time by ``(indices, epoch)`` like :class:`TrainInteractions`, negatives drawn from
+    (seed, epoch, first index of the batch).
     """
 
-    def __init__(
-        self,
-        train: SplitIndex,
-        target: SplitIndex | None,
-        history_length: int,
-        also_exclude: SplitIndex | None = None,
-    ) -> None:
+    def __init__(self, train: SplitIndex, num_items: int, num_negatives: int, max_length: int, seed: int) -> None:
         self.train = train
-        self.target = target
-        self.also_exclude = also_exclude
-        self.history_length = history_length
-        self.users = np.flatnonzero(target.lengths() > 0) if target is not None else np.arange(len(train.indptr) - 1)
-        self._stats = user_statistics(train)
+        self.max_length = max_length
+        self.seed = seed
+        self.users = np.flatnonzero(train.lengths() >= 2)
+        self._negatives = NegativeSampler(train, num_items, num_negatives)
 
     def __len__(self) -> int:
         return len(self.users)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        user = int(self.users[index])
-        seen = self.train.row(user)
-        exclude = seen if self.also_exclude is None else np.concatenate([seen, self.also_exclude.row(user)])
+    def __getitem__(self, key: tuple[np.ndarray, int]) -> dict[str, Any]:
+        indices, epoch = key
+        users = self.users[np.asarray(indices, dtype=np.int64)]
+        windows = [self.train.row(user)[-(self.max_length + 1) :] for user in users]
+        width = max(len(window) for window in windows) - 1
+        sequence = np.zeros((len(users), width), dtype=np.int64)
+        targets = np.zeros_like(sequence)
+        mask = np.zeros(sequence.shape, dtype=bool)
+        for row, window in enumerate(windows):
+            sequence[row, : len(window) - 1], targets[row, : len(window) - 1] = window[:-1], window[1:]
+            mask[row, : len(window) - 1] = True
+        rng = example_rng(self.seed, epoch, int(indices[0]))
+        negatives = self._negatives(rng, np.repeat(users, width)).reshape(len(users), width, -1)
         return {
-            "user": user,
-            "history": np.asarray(seen[-self.history_length :] if self.history_length else seen[:0], dtype=np.int64),
-            "stats": self._stats[user],
-            "targets": np.asarray(self.target.row(user) if self.target is not None else [], dtype=np.int64),
-            "exclude": np.asarray(exclude, dtype=np.int64),
+            "key": (int(indices[0]), epoch),
+            "users": users,
+            "sequence": sequence,
+            "targets": targets,
+            "sequence_mask": mask,
+            "negatives": negatives,
         }
 
 
-def collate_eval_users(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    histories = [e["history"] for e in examples]
-    history, history_mask = _pad(histories, max(len(h) for h in histories))
-    target_rows, target_items = _pairs([e["targets"] for e in examples])
-    exclude_rows, exclude_items = _pairs([e["exclude"] for e in examples])
-    return {
-        "users": torch.tensor([e["user"] for e in examples], dtype=torch.long),
-        "history": history,
-        "history_mask": history_mask,
-        "stats": torch.from_numpy(np.stack([e["stats"] for e in examples])),
-        "target_rows": target_rows,
-        "target_items": target_items,
-        "exclude_rows": exclude_rows,
-        "exclude_items": exclude_items,
-    }
+class SequenceCollator:
+    """Loads each distinct item of a batch of sequences (inputs, targets, negatives) once; the item fields of
+    the batch index the batch's item list."""
 
-
-class Catalogue(Dataset):
-    """Every item index once, for encoding the whole catalogue at evaluation."""
-
-    def __init__(self, num_items: int) -> None:
-        self.num_items = num_items
-
-    def __len__(self) -> int:
-        return self.num_items
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
-class CatalogueCollator:
-    def __init__(self, content: ItemContent) -> None:
+    def __init__(self, content: ItemContent, seed: int) -> None:
         self.content = content
+        self.seed = seed
 
-    def __call__(self, items: list[int]) -> dict[str, torch.Tensor]:
-        return self.content.load(np.asarray(items, dtype=np.int64), train=False)
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        mask = batch["sequence_mask"]
+        parts = [batch["sequence"][mask], batch["targets"][mask], batch["negatives"][mask]]
+        items, (sequence, targets, negatives) = _load_distinct(self.content, self.seed, batch["key"], parts)
+        full = torch.zeros((*mask.shape, negatives.shape[-1]), dtype=negatives.dtype)
+        full[torch.from_numpy(mask)] = negatives
+        return {
+            "users": torch.from_numpy(batch["users"]),
+            "sequence": _scatter(sequence, mask),
+            "targets": _scatter(targets, mask),
+            "sequence_mask": torch.from_numpy(mask),
+            "negatives": full,
+            "items": items,
+        }

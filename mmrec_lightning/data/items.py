@@ -6,7 +6,6 @@ import io
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,64 +13,12 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
+from mmrec_lightning.data.contract import ImageTransform, ItemPreprocessing
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.data.sources.text import clean_text
 from mmrec_lightning.errors import reason
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """An image transform that hands the loader uint8 pixels, with what the loader needs besides calling it.
-
-    Normalising is left to the model, on its device: a uint8 batch is a quarter of a float one to build,
-    pass between processes and copy to the accelerator.
-
-    Args:
-        transform: PIL image -> uint8 tensor ``[3, H, W]`` (resizing and augmentation included).
-        min_side: the smallest image side the transform needs to lose no detail: a JPEG at least twice as
-            large on both sides is decoded at reduced scale (``Image.draft``), never below this.
-        fill: the colour of the placeholder for an item without an image.
-    """
-
-    transform: Callable[[Image.Image], torch.Tensor]
-    min_side: int
-    fill: tuple[int, int, int] = (0, 0, 0)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
-
-
-@dataclass
-class ItemPreprocessing:
-    """How a model wants its item content prepared; the model's encoders provide it (see
-    ``RecommenderModule.item_preprocessing``), the DataModule applies it in its workers.
-
-    Args:
-        image_train: PIL image -> tensor, with train-time augmentation; ``None`` when images are not used.
-            An :class:`ImageTransform` also lets large JPEGs be decoded at reduced scale.
-        image_eval: PIL image -> tensor, deterministic.
-        tokenizer: a Hugging Face tokenizer; ``None`` when text is not used.
-        max_text_length: tokens kept per text.
-    """
-
-    image_train: Callable[[Image.Image], torch.Tensor] | None = None
-    image_eval: Callable[[Image.Image], torch.Tensor] | None = None
-    tokenizer: Any = None
-    max_text_length: int = 64
-
-    @classmethod
-    def of(cls, image_encoder: Any = None, text_encoder: Any = None, augment_images: bool = True) -> ItemPreprocessing:
-        """What an ``ImageEncoder`` and a ``TextEncoder`` expect (nothing for one that is None); training images
-        augmented only when ``augment_images``."""
-        image, text = image_encoder, text_encoder
-        return cls(
-            image_train=image.transform(train=augment_images) if image is not None else None,
-            image_eval=image.transform(train=False) if image is not None else None,
-            tokenizer=text.tokenizer() if text is not None else None,
-            max_text_length=text.max_length if text is not None else 0,
-        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -6,7 +6,7 @@ Layout (schema version 1)::
     interactions.arrow  user, item, timestamp, rating, split — sorted by (split, user, timestamp)
     items.arrow         item, raw_id, text, category, image (encoded JPEG/PNG bytes)
     users.arrow         user, raw_id
-    features/           optional item feature matrices (see ``mmrec_lightning.data.features``)
+    features/           optional item feature matrices (see ``mmrec_lightning.features.files``)
 
 The tables are uncompressed Arrow IPC files, opened with a memory map: a dataset larger than RAM is
 read page by page as items are touched, never loaded whole.
@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 from PIL import Image
 
-from mmrec_lightning.data.features import SourceFeatures, feature_file, record_provenance, save_features
 from mmrec_lightning.errors import ConfigurationError, reason
+from mmrec_lightning.features.files import SourceFeatures, feature_file, record_provenance, save_features
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -262,6 +262,18 @@ class SplitIndex:
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.indptr)
+
+    def merged(self, other: SplitIndex) -> SplitIndex:
+        """This split's and ``other``'s interactions together, each user's in time order (this split's first
+        among equal times)."""
+        num_users = len(self.indptr) - 1
+        users = np.concatenate([np.repeat(np.arange(num_users), split.lengths()) for split in (self, other)])
+        times = np.concatenate([self.times, other.times])
+        order = np.lexsort((np.arange(len(users)), times, users))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_users))])
+        both = self.ratings is not None and other.ratings is not None
+        ratings = np.concatenate([self.ratings, other.ratings])[order] if both else None
+        return SplitIndex(indptr, np.concatenate([self.items, other.items])[order], times[order], ratings)
 
 
 class PreparedDataset:

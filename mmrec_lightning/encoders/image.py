@@ -16,7 +16,7 @@ from torchvision import transforms
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from mmrec_lightning.data.items import ImageTransform
+from mmrec_lightning.data.contract import ImageTransform
 from mmrec_lightning.encoders.base import ImageEncoder
 from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
 from mmrec_lightning.errors import ConfigurationError

@@ -12,10 +12,9 @@ import pyarrow.parquet as pq
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mmrec_lightning.callbacks import run_directory
-from mmrec_lightning.data.matrices import RowParts, finish_parts, start_parts
 from mmrec_lightning.export.index import IndexKind, build_index, save_index
-
-MANIFEST = "export.json"
+from mmrec_lightning.export.manifest import MANIFEST, item_output_file
+from mmrec_lightning.features.matrices import RowParts, finish_parts, start_parts
 
 
 class VectorExporter(BasePredictionWriter):
@@ -24,10 +23,14 @@ class VectorExporter(BasePredictionWriter):
     checkpoint's folder (``runs/demo/checkpoints/last.ckpt`` -> ``runs/demo/export``)::
 
         item_vectors.npy, user_vectors.npy  float32, row i = item / user i
+        item_<output>.npy                   float32, each per-item output the model declares in
+                                            ``item_output_columns`` (multimodal: ``item_modality_weights.npy``,
+                                            row i = item i's fusion weight per modality)
         items.parquet, users.parquet        row -> the dataset's raw id (items also with their text)
         recommend.faiss                     items by inner product with a user vector (the model's score)
         similar.faiss                       items by cosine similarity to an item vector
-        export.json                         model, checkpoint, dataset, dimension, index settings
+        export.json                         model, checkpoint, dataset, dimension, index settings, the
+                                            per-item outputs' column names (``item_outputs``)
 
     Args:
         enabled: write the export during ``predict``.
@@ -50,6 +53,7 @@ class VectorExporter(BasePredictionWriter):
         self.index, self.exact_below = index, exact_below
         self.path: Path | None = None
         self._parts: dict[str, RowParts] = {}
+        self._outputs: dict[str, list[str]] = {}
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
@@ -60,17 +64,19 @@ class VectorExporter(BasePredictionWriter):
             self.path = Path(trainer.ckpt_path).resolve().parent.parent / "export"
         else:
             self.path = run_directory(trainer) / "export"
-        self._parts = start_parts(trainer, self.path / ".parts", {"items": ["vectors"], "users": ["vectors"]})
+        self._outputs = dict(pl_module.item_output_columns)
+        matrices = {"items": ["vectors", *self._outputs], "users": ["vectors"]}
+        self._parts = start_parts(trainer, self.path / ".parts", matrices)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not self.enabled:
             return
-        kind, rows, vectors = (
-            ("users", prediction["users"], prediction["user_vectors"])
-            if "users" in prediction
-            else ("items", prediction["item_ids"], prediction["item_vectors"])
-        )
-        self._parts[kind].write(rows.cpu().numpy(), {"vectors": vectors.float().cpu().numpy()})
+        if "users" in prediction:
+            kind, rows, values = "users", prediction["users"], {"vectors": prediction["user_vectors"]}
+        else:
+            outputs = {name: prediction[name] for name in self._outputs}
+            kind, rows, values = "items", prediction["item_ids"], {"vectors": prediction["item_vectors"], **outputs}
+        self._parts[kind].write(rows.cpu().numpy(), {name: v.float().cpu().numpy() for name, v in values.items()})
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
@@ -80,10 +86,15 @@ class VectorExporter(BasePredictionWriter):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.path is not None
         counts = {"items": pl_module.num_items, "users": pl_module.num_users}
+        targets = {
+            "items": {"vectors": self.path / "item_vectors.npy"}
+            | {name: self.path / item_output_file(name) for name in self._outputs},
+            "users": {"vectors": self.path / "user_vectors.npy"},
+        }
         for kind, parts in self._parts.items():
-            parts.assemble(trainer.world_size, counts[kind], {"vectors": self.path / f"{kind[:-1]}_vectors.npy"})
+            parts.assemble(trainer.world_size, counts[kind], targets[kind])
         shutil.rmtree(self.path / ".parts", ignore_errors=True)
-        dataset = trainer.datamodule.dataset
+        dataset = pl_module.data_facts.dataset
         items = dataset.items.select(["item", "raw_id", "text"])
         pq.write_table(items, self.path / "items.parquet")
         pq.write_table(dataset.users.select(["user", "raw_id"]), self.path / "users.parquet")
@@ -94,11 +105,12 @@ class VectorExporter(BasePredictionWriter):
         manifest = {
             "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
-            "dataset": str(Path(trainer.datamodule.path).resolve()),
+            "dataset": str(pl_module.data_facts.path.resolve()),
             "dim": int(vectors.shape[1]),
             "items": counts["items"],
             "users": counts["users"],
             "index": settings,
+            "item_outputs": self._outputs,
         }
         (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         print(f"exported {counts['users']:,} users and {counts['items']:,} items to {self.path}")

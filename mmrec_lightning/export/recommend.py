@@ -28,8 +28,8 @@ from PIL import Image
 
 from mmrec_lightning.data.schema import SPLITS, PreparedDataset
 from mmrec_lightning.errors import ConfigurationError
-from mmrec_lightning.export.exporter import MANIFEST
 from mmrec_lightning.export.index import load_index, normalized, search
+from mmrec_lightning.export.manifest import exported_checkpoint, read_manifest
 
 PROG = "python -m mmrec_lightning recommend"
 
@@ -51,12 +51,7 @@ class ExportedModel:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not (self.path / MANIFEST).is_file():
-            raise ConfigurationError(
-                f"{self.path}: no {MANIFEST}; export a model first with `python -m mmrec_lightning export "
-                "--config CONFIG --ckpt_path CHECKPOINT`"
-            )
-        self.manifest = json.loads((self.path / MANIFEST).read_text())
+        self.manifest = read_manifest(self.path)
         items = pq.read_table(self.path / "items.parquet")
         self.item_ids = items.column("raw_id").to_pylist()
         self.item_texts = items.column("text").to_pylist()
@@ -134,12 +129,15 @@ class ExportedModel:
 
     @cached_property
     def _model(self):
-        checkpoint = self.manifest.get("checkpoint")
-        if not checkpoint or not Path(checkpoint).is_file():
-            raise ConfigurationError(f"{self.path}/{MANIFEST}: checkpoint {checkpoint!r} is missing; export again")
-        module, name = self.manifest["model"].rsplit(".", 1)
-        model_class = getattr(importlib.import_module(module), name)
-        return model_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+        return load_exported_model(self.path, self.manifest)
+
+
+def load_exported_model(path: Path, manifest: dict):
+    """The model an export was made from, restored from its checkpoint on the CPU, in eval mode."""
+    checkpoint = exported_checkpoint(path, manifest)
+    module, name = manifest["model"].rsplit(".", 1)
+    model_class = getattr(importlib.import_module(module), name)
+    return model_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
 
 
 def _parser() -> ArgumentParser:

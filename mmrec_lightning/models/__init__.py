@@ -5,6 +5,7 @@ from mmrec_lightning.models.freedom import FREEDOM
 from mmrec_lightning.models.id_based import LightGCN, MatrixFactorization
 from mmrec_lightning.models.multimodal import MultimodalRecommender
 from mmrec_lightning.models.popularity import Popularity
+from mmrec_lightning.models.sasrec import SASRec
 from mmrec_lightning.models.vbpr import VBPR
 
 __all__ = [
@@ -14,5 +15,6 @@ __all__ = [
     "MultimodalRecommender",
     "Popularity",
     "RecommenderModule",
+    "SASRec",
     "VBPR",
 ]

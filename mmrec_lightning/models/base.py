@@ -1,73 +1,29 @@
-"""What every recommender in the harness shares: the full-ranking evaluation protocol.
-
-Evaluation runs over two loaders in order (see ``RecDataModule.val_dataloader``): first the item
-catalogue, which is encoded once into a table of item vectors; then the users, each scored against the
-whole table in chunks, with their training items masked, and the top-K compared with their held-out items.
-Test metrics are also reported for warm and cold target items separately (``test/warm/…``,
-``test/cold/…``) when some test items never occur in training: the ranking is the same, only the items
-that count as relevant differ.
-"""
+"""What every recommender in the harness shares: its training set-up (loss, optimizer, scheduler) and the
+full-ranking evaluation protocol of :mod:`mmrec_lightning.evaluation`, run over Lightning's hooks."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from mmrec_lightning.data.items import ItemPreprocessing
+from mmrec_lightning.data.contract import DataFacts, ItemPreprocessing
 from mmrec_lightning.encoders.weights import restoring_checkpoint
 from mmrec_lightning.errors import ConfigurationError
-from mmrec_lightning.losses import RecommendationLoss
+from mmrec_lightning.evaluation import CATALOGUE, hits_of, rank_items, target_groups
+from mmrec_lightning.losses import BPRLoss, RecommendationLoss
 from mmrec_lightning.metrics import RankingMetrics
-
-CATALOGUE, USERS = 0, 1
-
-
-def rank_items(
-    users: torch.Tensor,
-    items: torch.Tensor,
-    exclude_rows: torch.Tensor,
-    exclude_items: torch.Tensor,
-    k: int,
-    chunk_size: int = 1 << 16,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` items ``(scores, indices)`` for each user by dot product, never an excluded (row, item)
-    pair. The catalogue is scored ``chunk_size`` items at a time and the per-chunk top-k merged, so memory
-    is bounded by ``users x chunk_size`` whatever the catalogue size."""
-    best_scores = best_items = None
-    for start in range(0, items.shape[0], chunk_size):
-        block = items[start : start + chunk_size]
-        scores = (users @ block.T).float()
-        inside = (exclude_items >= start) & (exclude_items < start + block.shape[0])
-        scores[exclude_rows[inside], exclude_items[inside] - start] = float("-inf")
-        top_scores, top_items = scores.topk(min(k, block.shape[0]), dim=1)
-        del scores  # else the next block's scores are computed while this one is still held
-        top_items = top_items + start
-        if best_scores is not None:
-            top_scores = torch.cat([best_scores, top_scores], dim=1)
-            top_items = torch.cat([best_items, top_items], dim=1)
-            top_scores, order = top_scores.topk(min(k, top_scores.shape[1]), dim=1)
-            top_items = top_items.gather(1, order)
-        best_scores, best_items = top_scores, top_items
-    return best_scores, best_items
 
 
 def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``table[index]`` for an integer ``index`` of any shape, by ``index_select``: its backward (``index_add_``)
     is several times cheaper on CPU than that of advanced indexing (``index_put_`` with accumulation)."""
     return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
-
-
-def hits_of(top_items: torch.Tensor, target_rows: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
-    """``[users, k]`` bool: whether each ranked item is one of the user's (row, item) targets."""
-    hits = torch.zeros(top_items.shape, dtype=torch.long, device=top_items.device)
-    hits.index_add_(0, target_rows, (top_items[target_rows] == target_items.unsqueeze(1)).long())
-    return hits > 0
 
 
 def _plain(value: Any) -> Any:
@@ -86,15 +42,21 @@ def _plain(value: Any) -> Any:
 
 
 class RecommenderModule(L.LightningModule):
-    """Base of every model: full-ranking validation, test and prediction over the whole catalogue.
+    """Base of every model: its loss, optimizer and scheduler, and full-ranking validation, test and prediction
+    over the whole catalogue.
 
     Subclasses implement ``encode_items`` (a batch of item content -> vectors) and ``encode_users`` (a batch
-    of users, given the table of all item vectors -> vectors); scores are their dot products.
+    of users, given the table of all item vectors -> vectors); scores are their dot products. Before training
+    or evaluation the model is connected to its data (:func:`mmrec_lightning.connect.connect`), which hands it the
+    :class:`~mmrec_lightning.data.contract.DataFacts` it needs.
 
     Args:
         num_users: number of users (linked from the data).
         num_items: number of items (linked from the data).
         num_categories: number of item categories (linked from the data).
+        loss: the recommendation loss; default the model's (:meth:`default_loss`: BPR unless it says otherwise).
+        optimizer: optimizer over the trainable parameters (unused by models with none, such as popularity).
+        scheduler: optional learning-rate scheduler (stepped every epoch).
         top_k: the cut-offs K of the evaluation metrics.
         eval_chunk_size: items scored at once in evaluation (bounds memory for large catalogues).
     """
@@ -104,7 +66,10 @@ class RecommenderModule(L.LightningModule):
         num_users: int,
         num_items: int,
         num_categories: int = 0,
-        top_k: Sequence[int] = (10, 20, 50),
+        loss: RecommendationLoss | None = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: LRSchedulerCallable | None = None,
+        top_k: list[int] = [10, 20, 50],  # noqa: B006 (a list renders in --help and YAML; never mutated)
         eval_chunk_size: int = 1 << 16,
     ) -> None:
         super().__init__()
@@ -116,14 +81,25 @@ class RecommenderModule(L.LightningModule):
                 f"model.top_k: K={max(top_k)} is larger than the catalogue ({num_items} items); lower model.top_k"
             )
         self.num_users, self.num_items, self.num_categories = num_users, num_items, num_categories
+        self.loss = loss if loss is not None else self.default_loss()
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.eval_chunk_size = eval_chunk_size
         self.val_metrics = RankingMetrics(top_k)
         self.test_metrics = RankingMetrics(top_k)
         self.test_group_metrics = nn.ModuleDict({group: RankingMetrics(top_k) for group in ("warm", "cold")})
-        self._cold_items: torch.Tensor | None = None
+        self.data_facts: DataFacts | None = None
         self._cold_group: torch.Tensor | None = None
-        self._item_chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._item_table: torch.Tensor | None = None
+        self._item_chunks: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._item_table: dict[str, torch.Tensor] | None = None
+
+    def default_loss(self) -> RecommendationLoss:
+        """The recommendation loss when ``loss`` is not set."""
+        return BPRLoss()
+
+    def connect(self, data: DataFacts) -> None:
+        """The facts of the data this model trains and evaluates on (sizes, training split and counts, cold
+        items); :func:`mmrec_lightning.connect.connect` calls it."""
+        self.data_facts = data
 
     @classmethod
     def load_from_checkpoint(cls, *args: Any, **kwargs: Any):  # type: ignore[override]
@@ -153,13 +129,13 @@ class RecommenderModule(L.LightningModule):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self):
-        """The model's ``optimizer_factory`` over :meth:`parameter_groups`, with its ``scheduler_factory`` if
-        set; nothing for models without an optimizer (the popularity baseline)."""
-        factory = getattr(self, "optimizer_factory", None)
-        if factory is None:
+        """``optimizer`` over :meth:`parameter_groups`, with ``scheduler`` if set; nothing for a model with
+        nothing to train (the popularity baseline)."""
+        groups = [group for group in self.parameter_groups() if group["params"]]
+        if not groups:
             return None
-        optimizer = factory([group for group in self.parameter_groups() if group["params"]])
-        scheduler = getattr(self, "scheduler_factory", None)
+        optimizer = self.optimizer_factory(groups)
+        scheduler = self.scheduler_factory
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler(optimizer)}
 
     # --- what subclasses provide ---------------------------------------------------------------------
@@ -168,7 +144,22 @@ class RecommenderModule(L.LightningModule):
         """How the data module should prepare item content for this model (nothing by default)."""
         return ItemPreprocessing()
 
-    def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
+    @property
+    def sequence_length(self) -> int | None:
+        """For a sequential model, the histories it reads (the data then trains it on users' item sequences,
+        next-item prediction at every position); None for the others."""
+        return None
+
+    @property
+    def item_output_columns(self) -> dict[str, list[str]]:
+        """For each per-item output ``encode_items`` returns besides the vectors, the names of its columns (e.g.
+        ``{"modality_weights": ["image", "text", "id"]}``); none by default."""
+        return {}
+
+    def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
+        """A batch of item content -> its vectors ``[B, D]``, or a dict of them (``vectors``) and the per-item
+        outputs named by :attr:`item_output_columns`, which evaluation logs (their mean over the catalogue)
+        and prediction returns with each item."""
         raise NotImplementedError
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
@@ -179,24 +170,39 @@ class RecommenderModule(L.LightningModule):
     def _reset_catalogue(self) -> None:
         self._item_chunks, self._item_table = [], None
 
-    def _add_items(self, items: dict[str, torch.Tensor]) -> None:
-        self._item_chunks.append((items["item_ids"], self.encode_items(items).float()))
+    def _add_items(self, items: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        encoded = self.encode_items(items)
+        outputs = encoded if isinstance(encoded, dict) else {"vectors": encoded}
+        outputs = {name: value.float() for name, value in outputs.items()}
+        self._item_chunks.append((items["item_ids"], outputs))
+        return outputs
 
-    def _per_item(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
+
+    def _per_item(self, ids: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Rows computed for parts of the catalogue, as one table in item order, gathered from every rank."""
-        ids = torch.cat([c[0] for c in chunks])
-        values = torch.cat([c[1] for c in chunks])
-        if self.trainer.world_size > 1:
+        if self._world_size() > 1:
             ids, values = self._gather_uneven(ids), self._gather_uneven(values)
         table = values.new_zeros(self.num_items, *values.shape[1:])
         table[ids] = values
         return table
 
-    def _catalogue(self) -> torch.Tensor:
-        """All item vectors, in item order, gathered from every rank the first time they are needed."""
+    def _items(self) -> dict[str, torch.Tensor]:
+        """Everything encoded for the catalogue (``vectors`` and per-item outputs), in item order, gathered
+        from every rank the first time it is needed."""
         if self._item_table is None:
-            self._item_table, self._item_chunks = self._per_item(self._item_chunks), []
+            ids = torch.cat([chunk[0] for chunk in self._item_chunks])
+            names = self._item_chunks[0][1].keys()
+            self._item_table = {
+                name: self._per_item(ids, torch.cat([chunk[1][name] for chunk in self._item_chunks])) for name in names
+            }
+            self._item_chunks = []
         return self._item_table
+
+    def _catalogue(self) -> torch.Tensor:
+        """All item vectors, in item order."""
+        return self._items()["vectors"]
 
     def _gather_uneven(self, tensor: torch.Tensor) -> torch.Tensor:
         """all_gather for shards of different lengths (the unpadded evaluation samplers)."""
@@ -222,14 +228,15 @@ class RecommenderModule(L.LightningModule):
             self.trainer.log_every_n_steps = max(1, int(batches))
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        counts = getattr(datamodule, "item_train_counts", None)
-        self._cold_items = torch.as_tensor(counts == 0) if counts is not None else None
-        group = getattr(datamodule, "cold_item_group", None)  # the split's designated cold items, if it has them
-        self._cold_group = torch.as_tensor(group) if group is not None else self._cold_items
-        loss = getattr(self, "loss", None)
-        if counts is not None and isinstance(loss, RecommendationLoss):  # for popularity-corrected losses
-            loss.set_item_counts(torch.as_tensor(counts, device=self.device))
+        if self.data_facts is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not connected to its data: call mmrec_lightning.connect.connect(model, "
+                "datamodule) before training or evaluating it"
+            )
+        self._cold_group = torch.as_tensor(self.data_facts.cold_items)
+        self.loss.set_item_counts(
+            torch.as_tensor(self.data_facts.item_train_counts, device=self.device)
+        )  # for popularity-corrected losses
 
     def _evaluation_step(
         self, batch: dict, dataloader_idx: int, metrics: RankingMetrics, groups: nn.ModuleDict | None = None
@@ -238,12 +245,9 @@ class RecommenderModule(L.LightningModule):
             self._add_items(batch)
             return
         _, _, top = self._score_users(batch, metrics.max_k)
-        targets = [("all", metrics, batch["target_rows"], batch["target_items"])]
-        if groups is not None and self._cold_group is not None:
-            cold = self._cold_group.to(top.device)[batch["target_items"]]
-            for name, keep in (("warm", ~cold), ("cold", cold)):
-                targets.append((name, groups[name], batch["target_rows"][keep], batch["target_items"][keep]))
-        for _, metric, rows, items in targets:
+        cold = self._cold_group if groups is not None else None
+        for name, (rows, items) in target_groups(batch["target_rows"], batch["target_items"], cold).items():
+            metric = metrics if name == "all" else groups[name]
             metric.update(hits_of(top, rows, items), torch.bincount(rows, minlength=len(batch["users"])))
 
     def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
@@ -255,6 +259,15 @@ class RecommenderModule(L.LightningModule):
             {f"{stage}/{name}": value for name, value in values.items()}, add_dataloader_idx=False, sync_dist=True
         )
 
+    def _log_item_outputs(self, stage: str) -> None:
+        """The catalogue's mean of each per-item output, column by column (``val/modality_weights/image``)."""
+        if not self.item_output_columns or (self._item_table is None and not self._item_chunks):
+            return
+        table = self._items()
+        for name, columns in self.item_output_columns.items():
+            for column, value in zip(columns, table[name].mean(0), strict=True):
+                self.log(f"{stage}/{name}/{column}", value, sync_dist=True)
+
     def on_validation_epoch_start(self) -> None:
         self._reset_catalogue()
 
@@ -262,6 +275,7 @@ class RecommenderModule(L.LightningModule):
         self._evaluation_step(batch, dataloader_idx, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
+        self._log_item_outputs("val")
         self._log_metrics(self.val_metrics, "val")
         self._reset_catalogue()
 
@@ -272,6 +286,7 @@ class RecommenderModule(L.LightningModule):
         self._evaluation_step(batch, dataloader_idx, self.test_metrics, self.test_group_metrics)
 
     def on_test_epoch_end(self) -> None:
+        self._log_item_outputs("test")
         self._log_metrics(self.test_metrics, "test")
         for group, metrics in self.test_group_metrics.items():
             self._log_metrics(metrics, f"test/{group}")
@@ -281,12 +296,13 @@ class RecommenderModule(L.LightningModule):
         self._reset_catalogue()
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        """For a catalogue batch, its ``item_ids`` and ``item_vectors``; for a batch of users, their ``users``
-        ids and ``user_vectors`` and their top-K (largest K of ``top_k``) ``items`` and ``scores``, training
-        items excluded."""
+        """For a catalogue batch, its ``item_ids``, ``item_vectors`` and per-item outputs (e.g.
+        ``modality_weights`` ``[items, M]``); for a batch of users, their ``users`` ids and ``user_vectors``,
+        their top-K (largest K of ``top_k``) ``items`` and ``scores``, training items excluded, and each
+        recommended item's per-item outputs (``[users, K, M]``)."""
         if dataloader_idx == CATALOGUE:
-            self._add_items(batch)
-            item_ids, item_vectors = self._item_chunks[-1]
-            return {"item_ids": item_ids, "item_vectors": item_vectors}
+            outputs = dict(self._add_items(batch))
+            return {"item_ids": batch["item_ids"], "item_vectors": outputs.pop("vectors"), **outputs}
         users, scores, items = self._score_users(batch, self.test_metrics.max_k)
-        return {"users": batch["users"], "user_vectors": users, "items": items, "scores": scores}
+        per_item = {name: self._items()[name][items] for name in self.item_output_columns}
+        return {"users": batch["users"], "user_vectors": users, "items": items, "scores": scores, **per_item}

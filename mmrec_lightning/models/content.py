@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.encoder import ItemFeatures
 
 
 def checked_features(num_items: int, **modalities: ItemFeatures | None) -> dict[str, ItemFeatures]:
@@ -17,7 +17,7 @@ def checked_features(num_items: int, **modalities: ItemFeatures | None) -> dict[
     if not given:
         names = " or ".join(f"model.{modality}_features" for modality in modalities)
         raise ConfigurationError(
-            f"{names}: set at least one, e.g. {{class_path: mmrec_lightning.encoders.features.ItemFeatures, "
+            f"{names}: set at least one, e.g. {{class_path: mmrec_lightning.features.ItemFeatures, "
             "init_args: {path: <dataset>/features/image_feat.npy}}"
         )
     for modality, matrix in given.items():

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from mmrec_lightning.data.sampling import derived_seed
-from mmrec_lightning.encoders.features import ItemFeatures
+from mmrec_lightning.data.samplers import derived_seed
 from mmrec_lightning.errors import ConfigurationError
-from mmrec_lightning.losses import RecommendationLoss
+from mmrec_lightning.features.encoder import ItemFeatures
 from mmrec_lightning.models.base import rows
 from mmrec_lightning.models.content import checked_features, project
 from mmrec_lightning.models.id_based import (
@@ -23,8 +22,7 @@ from mmrec_lightning.models.id_based import (
     compact_csr,
     interaction_edges,
 )
-
-SIMILARITY_BLOCK = 1 << 25  # similarities held at once while the kNN graph is built (128 MB of float32)
+from mmrec_lightning.towers.content_neighbours import SIMILARITY_BLOCK
 
 
 def knn_graph(features: torch.Tensor, k: int, block: int = SIMILARITY_BLOCK) -> torch.Tensor:
@@ -100,9 +98,6 @@ class FREEDOM(LightGCN):
     mid-epoch trains on the same graph as an uninterrupted one.
 
     Args:
-        num_users: number of users (linked from the data).
-        num_items: number of items (linked from the data).
-        num_categories: unused; accepted so every model takes the same data links.
         image_features: the catalogue's image features (row i = item i), or none.
         text_features: the catalogue's text features, or none; at least one of the two must be set.
         embed_dim: size D of the embeddings and of the projected features.
@@ -112,18 +107,12 @@ class FREEDOM(LightGCN):
         image_weight: weight of the image graph in the item-item graph (MMRec's ``mm_image_weight``).
         edge_dropout: fraction of the user-item edges pruned in each training epoch (MMRec's ``dropout``).
         reg_weight: weight of the modality losses.
-        loss: the recommendation loss (BPR by default), also used for the modality losses.
-        optimizer: optimizer over the embeddings and projections.
-        scheduler: optional learning-rate scheduler.
-        top_k: the cut-offs K of the evaluation metrics.
-        eval_chunk_size: items scored at once in evaluation.
+        **kwargs: as for :class:`~mmrec_lightning.models.base.RecommenderModule`; its ``loss`` (BPR by
+            default) is also used for the modality losses.
     """
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        num_categories: int = 0,
         image_features: ItemFeatures | None = None,
         text_features: ItemFeatures | None = None,
         embed_dim: int = 64,
@@ -133,32 +122,16 @@ class FREEDOM(LightGCN):
         image_weight: float = 0.1,
         edge_dropout: float = 0.8,
         reg_weight: float = 1e-4,
-        loss: RecommendationLoss | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-        top_k: list[int] = [10, 20, 50],  # noqa: B006 (a list renders in --help and YAML; never mutated)
-        eval_chunk_size: int = 1 << 16,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_layers=num_layers,
-            num_users=num_users,
-            num_items=num_items,
-            num_categories=num_categories,
-            embed_dim=embed_dim,
-            reg_weight=reg_weight,
-            loss=loss,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            top_k=top_k,
-            eval_chunk_size=eval_chunk_size,
-        )
+        super().__init__(num_layers=num_layers, embed_dim=embed_dim, reg_weight=reg_weight, **kwargs)
         if not 0.0 <= edge_dropout < 1.0:
             raise ConfigurationError(f"model.edge_dropout: {edge_dropout} is not in [0, 1); 0 keeps every edge")
         if not 0.0 <= image_weight <= 1.0:
             raise ConfigurationError(f"model.image_weight: {image_weight} is not in [0, 1]")
         if knn_k < 1:
             raise ConfigurationError(f"model.knn_k: must be at least 1, got {knn_k}")
-        features = checked_features(num_items, image=image_features, text=text_features)
+        features = checked_features(self.num_items, image=image_features, text=text_features)
         self.features = nn.ModuleDict(features)
         self.projections = nn.ModuleDict({name: nn.Linear(f.output_dim, embed_dim) for name, f in features.items()})
         self.num_item_layers, self.knn_k, self.image_weight = num_item_layers, knn_k, image_weight
@@ -170,7 +143,7 @@ class FREEDOM(LightGCN):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        train = self.trainer.datamodule.train_split
+        train = self.data_facts.train
         self._edges = interaction_edges(train.indptr, train.items, self.num_users)
         if self.item_graph is None:  # frozen: built once, from the features alone
             matrices = {modality: f.matrix.float().to(self.device) for modality, f in self.features.items()}
@@ -181,7 +154,7 @@ class FREEDOM(LightGCN):
         """The normalised user-item graph of the edges kept in ``epoch``, drawn from (the run's seed, the
         epoch) alone, so that resuming a run or drawing other random numbers does not change it."""
         if self._edges is None:
-            raise RuntimeError("FREEDOM needs the training graph: attach it to a Trainer with a RecDataModule")
+            raise RuntimeError("FREEDOM needs the training graph: connect it to its data and set it up first")
         if self.edge_dropout == 0:
             return self.graph
         seed = derived_seed(torch.initial_seed(), epoch)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from mmrec_lightning.losses import BPRLoss, RecommendationLoss
 from mmrec_lightning.models.base import RecommenderModule, rows
 
 
@@ -27,39 +25,19 @@ class MatrixFactorization(RecommenderModule):
     a user and an item embedding per ID, scored by dot product.
 
     Args:
-        num_users: number of users (linked from the data).
-        num_items: number of items (linked from the data).
-        num_categories: unused; accepted so every model takes the same data links.
         embed_dim: embedding size.
         reg_weight: weight of the L2 penalty on the embeddings used in each batch (squared norms / batch size).
-        loss: the recommendation loss (BPR by default).
-        optimizer: optimizer over the embeddings.
-        scheduler: optional learning-rate scheduler.
-        top_k: the cut-offs K of the evaluation metrics.
-        eval_chunk_size: items scored at once in evaluation.
+        **kwargs: as for :class:`~mmrec_lightning.models.base.RecommenderModule` (sizes, loss — BPR by default —,
+            optimizer, scheduler, evaluation).
     """
 
-    def __init__(
-        self,
-        num_users: int,
-        num_items: int,
-        num_categories: int = 0,
-        embed_dim: int = 64,
-        reg_weight: float = 1e-4,
-        loss: RecommendationLoss | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-        top_k: list[int] = [10, 20, 50],  # noqa: B006 (a list renders in --help and YAML; never mutated)
-        eval_chunk_size: int = 1 << 16,
-    ) -> None:
-        super().__init__(num_users, num_items, num_categories, top_k, eval_chunk_size)
-        self.user_embedding = nn.Embedding(num_users, embed_dim)
-        self.item_embedding = nn.Embedding(num_items, embed_dim)
+    def __init__(self, embed_dim: int = 64, reg_weight: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.user_embedding = nn.Embedding(self.num_users, embed_dim)
+        self.item_embedding = nn.Embedding(self.num_items, embed_dim)
         nn.init.xavier_normal_(self.user_embedding.weight)
         nn.init.xavier_normal_(self.item_embedding.weight)
         self.reg_weight = reg_weight
-        self.loss = loss if loss is not None else BPRLoss()
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._eval_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # see _evaluated_embeddings
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,14 +93,14 @@ class LightGCN(MatrixFactorization):
         **kwargs: as for :class:`MatrixFactorization` (``reg_weight`` applies to the layer-0 embeddings).
     """
 
-    def __init__(self, num_layers: int = 3, **kwargs) -> None:
+    def __init__(self, num_layers: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_layers = num_layers
         self.graph: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        train = self.trainer.datamodule.train_split
+        train = self.data_facts.train
         self.graph = normalized_adjacency(train.indptr, train.items, self.num_users, self.num_items).to(self.device)
 
     def regularization(self, batch: dict, scored: Scored) -> torch.Tensor:

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.cli import OptimizerCallable
 from PIL import Image
 
-from mmrec_lightning.data.items import ItemPreprocessing, content_batch
+from mmrec_lightning.data.contract import ItemPreprocessing
+from mmrec_lightning.data.items import content_batch
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
-from mmrec_lightning.encoders.features import ItemFeatures
-from mmrec_lightning.encoders.user import UserTower
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.encoder import ItemFeatures
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
 from mmrec_lightning.heads import (
     CategoryHeadFactory,
@@ -24,8 +24,10 @@ from mmrec_lightning.heads import (
 )
 from mmrec_lightning.losses import RecommendationLoss, SampledSoftmaxLoss, TaskWeighting
 from mmrec_lightning.models.base import RecommenderModule, rows
-from mmrec_lightning.models.content_neighbours import ContentNeighbours
-from mmrec_lightning.models.item_tower import ItemEncoding, ItemTower
+from mmrec_lightning.towers.content_neighbours import ContentNeighbours
+from mmrec_lightning.towers.item import ItemEncoding, ItemTower
+from mmrec_lightning.towers.sequence import SequenceEncoderFactory, next_item_rows
+from mmrec_lightning.towers.user import UserTower
 
 
 class MultimodalRecommender(RecommenderModule):
@@ -39,9 +41,6 @@ class MultimodalRecommender(RecommenderModule):
     their own; no user-ID embedding (see ``use_user_id``).
 
     Args:
-        num_users: number of users (linked from the data).
-        num_items: number of items (linked from the data).
-        num_categories: number of item categories (linked from the data); 0 disables the category head.
         image_encoder: image encoder (``class_path`` of an ``ImageEncoder``), the catalogue's precomputed
             image features (``ItemFeatures``, see ``extract-features``), or none.
         text_encoder: text encoder (``class_path`` of a ``TextEncoder``), precomputed text features
@@ -49,10 +48,9 @@ class MultimodalRecommender(RecommenderModule):
         use_item_id: whether the item-ID embedding is one of the fused modalities.
         embed_dim: size D of the modality, user and item vectors (M·D for user and item with ``ScoreFusion``).
         fusion: how modality vectors are fused (``class_path`` of a ``Fusion``; the model supplies the sizes).
-        loss: the recommendation loss L_rec; default in-batch sampled softmax (temperature 0.1) with logQ
-            correction.
         category_head: the auxiliary head predicting an item's category from its vector
-            (``class_path`` of a ``CategoryHead``; the model supplies the sizes), or none.
+            (``class_path`` of a ``CategoryHead``; the model supplies the sizes), or none; off where the data
+            has no categories.
         aux_weight: λ of the category-prediction loss.
         contrastive_head: InfoNCE between each item's image and text vectors (``class_path`` of an
             ``ImageTextContrastiveHead``; needs both encoders), or none.
@@ -71,6 +69,11 @@ class MultimodalRecommender(RecommenderModule):
             gives cold items a collaborative vector; or none.
         modality_dropout: training-time probability of hiding each available modality of an item.
         cache_frozen_features: keep each frozen encoder's output per item in memory after first use.
+        sequence_encoder: a sequential user encoder (``class_path`` of a ``SequenceEncoder``; the model supplies
+            the size): a user is then the state after their latest item in a causal transformer over their
+            history's item vectors, and training predicts every next item of users' sequences (by default against
+            its sampled negatives alone, ``SampledSoftmaxLoss(in_batch=False)``); or none, for
+            the user tower (ID, mean of the history, behaviour statistics) and one example per interaction.
         use_user_id: whether the user tower has a user-ID embedding (without it, a user is their history and
             behaviour statistics). Off by default: the ID memorises a user's training items, which evaluation
             masks, and where users have few interactions that is all it learns (Amazon Baby, 6 per user:
@@ -85,22 +88,18 @@ class MultimodalRecommender(RecommenderModule):
         optimizer: optimizer over the trainable parameters.
         encoder_lr: learning rate of the image and text encoders' trainable parameters (typically lower than
             the optimizer's, for pretrained encoders); default the optimizer's.
-        scheduler: optional learning-rate scheduler (stepped every epoch).
-        top_k: the cut-offs K of the evaluation metrics.
-        eval_chunk_size: items scored at once in evaluation.
+        **kwargs: as for :class:`~mmrec_lightning.models.base.RecommenderModule` (sizes, scheduler, evaluation;
+            ``loss``, the recommendation loss L_rec, is by default an in-batch sampled softmax with temperature
+            0.1 and logQ correction).
     """
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        num_categories: int = 0,
         image_encoder: ImageEncoder | ItemFeatures | None = None,
         text_encoder: TextEncoder | ItemFeatures | None = None,
         use_item_id: bool = True,
         embed_dim: int = 64,
         fusion: FusionFactory = AttentionFusion,
-        loss: RecommendationLoss | None = None,
         category_head: CategoryHeadFactory | None = None,
         aux_weight: float = 0.1,
         contrastive_head: ImageTextContrastiveHead | None = None,
@@ -113,19 +112,18 @@ class MultimodalRecommender(RecommenderModule):
         content_neighbours: ContentNeighbours | None = None,
         modality_dropout: float = 0.5,
         cache_frozen_features: bool = True,
+        sequence_encoder: SequenceEncoderFactory | None = None,
         use_user_id: bool = False,
         dropout: float = 0.5,
         history_dropout: float = 0.3,
         cosine: bool = True,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         encoder_lr: float | None = None,
-        scheduler: LRSchedulerCallable | None = None,
-        top_k: list[int] = [10, 20, 50],  # noqa: B006 (a list renders in --help and YAML; never mutated)
-        eval_chunk_size: int = 1 << 16,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(num_users, num_items, num_categories, top_k, eval_chunk_size)
+        super().__init__(optimizer=optimizer, **kwargs)
         self.item_tower = ItemTower(
-            num_items,
+            self.num_items,
             embed_dim,
             fusion,
             image_encoder,
@@ -136,12 +134,19 @@ class MultimodalRecommender(RecommenderModule):
             content_neighbours,
         )
         vector_dim = self.item_tower.fusion.output_dim  # embed_dim, or one block per modality (ScoreFusion)
-        self.user_tower = UserTower(num_users, vector_dim, dropout=dropout, use_id=use_user_id)
+        self.sequence_encoder = sequence_encoder(vector_dim) if sequence_encoder is not None else None
+        if self.sequence_encoder is not None and kwargs.get("loss") is None:
+            # a row per position of each history: in-batch candidates would be (B·L)², so sampled negatives only
+            self.loss = SampledSoftmaxLoss(temperature=0.1, in_batch=False)
+        self.user_tower = (
+            UserTower(self.num_users, vector_dim, dropout=dropout, use_id=use_user_id)
+            if self.sequence_encoder is None
+            else None
+        )
         self.cosine = cosine
         self.history_dropout = history_dropout
-        self.loss = loss if loss is not None else SampledSoftmaxLoss(temperature=0.1, logq_correction=True)
-        use_category = category_head is not None and num_categories > 0 and aux_weight > 0
-        self.category_head = category_head(vector_dim, num_categories) if use_category else None
+        use_category = category_head is not None and self.num_categories > 0 and aux_weight > 0
+        self.category_head = category_head(vector_dim, self.num_categories) if use_category else None
         use_contrastive = contrastive_head is not None and contrastive_weight > 0
         if use_contrastive and not {"image", "text"} <= set(self.modalities):
             raise ConfigurationError("model.contrastive_head needs both an image_encoder and a text_encoder")
@@ -154,6 +159,10 @@ class MultimodalRecommender(RecommenderModule):
             )
         self.alignment_head = alignment_head if use_alignment else None
         self.rating_head = rating_head(vector_dim) if rating_head is not None and rating_weight > 0 else None
+        if self.rating_head is not None and self.sequence_encoder is not None:
+            raise ConfigurationError(
+                "model.rating_head rates single interactions: it cannot go with a sequence_encoder"
+            )
         weights = {
             name: weight
             for name, head, weight in (
@@ -165,14 +174,23 @@ class MultimodalRecommender(RecommenderModule):
             if head is not None
         }
         self.task_weighting = TaskWeighting(weights, learned=loss_weighting == "uncertainty") if weights else None
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.encoder_lr = encoder_lr
-        self._weight_chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._weight_table: torch.Tensor | None = None
+
+    def default_loss(self) -> RecommendationLoss:
+        return SampledSoftmaxLoss(temperature=0.1, logq_correction=True)
 
     @property
     def modalities(self) -> list[str]:
         return self.item_tower.modalities
+
+    @property
+    def sequence_length(self) -> int | None:
+        return self.sequence_encoder.max_length if self.sequence_encoder is not None else None
+
+    @property
+    def item_output_columns(self) -> dict[str, list[str]]:
+        """Each item's fusion weights, ``modality_weights``, one column per modality: which modality placed it."""
+        return {"modality_weights": self.modalities}
 
     def item_preprocessing(self) -> ItemPreprocessing:
         image, text = self.item_tower.image_encoder, self.item_tower.text_encoder
@@ -184,11 +202,8 @@ class MultimodalRecommender(RecommenderModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self._cold_items is not None:
-            self.item_tower.build_neighbours(~self._cold_items.to(self.device))
-        datamodule = getattr(self.trainer, "datamodule", None)
-        train = getattr(datamodule, "train_split", None)
-        if stage == "fit" and self.rating_head is not None and (train is None or train.ratings is None):
+        self.item_tower.build_neighbours(torch.as_tensor(self.data_facts.item_train_counts > 0, device=self.device))
+        if stage == "fit" and self.rating_head is not None and self.data_facts.train.ratings is None:
             raise ConfigurationError("model.rating_head: the training interactions of this dataset have no ratings")
 
     def _scored(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -205,14 +220,21 @@ class MultimodalRecommender(RecommenderModule):
             mask = mask & (torch.rand(mask.shape, device=mask.device) >= self.history_dropout)
         return self._scored(self.user_tower(batch["users"], history, mask, batch["stats"]))
 
+    def _training_rows(self, batch: dict, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The user vectors a training batch scores, each with its positive and negatives (indices into the
+        batch's items): one row per interaction, or one per position of each user's sequence."""
+        if self.sequence_encoder is None:
+            return self._user(batch, rows(vectors, batch["history"])), batch["positives"], batch["negatives"]
+        states, positives, negatives = next_item_rows(self.sequence_encoder, vectors, batch)
+        return self._scored(states), positives, negatives
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         items = batch["items"]
         encoded = self._encode(items)
         vectors, ids = encoded.vectors, items["item_ids"]
-        user = self._user(batch, rows(vectors, batch["history"]))
-        positives, negatives = batch["positives"], batch["negatives"]
+        user, positives, negatives = self._training_rows(batch, vectors)
         rec_loss = self.loss(user, rows(vectors, positives), rows(vectors, negatives), ids[positives], ids[negatives])
-        size = len(batch["users"])
+        size = len(user)
         self.log("train/rec_loss", rec_loss, prog_bar=True, batch_size=size)
         loss = rec_loss
         if self.task_weighting is not None:
@@ -226,7 +248,7 @@ class MultimodalRecommender(RecommenderModule):
         self.log("train/loss", loss, batch_size=size)
         mean_weights = encoded.weights.float().mean(0)
         for name, value in zip(self.modalities, mean_weights, strict=True):
-            self.log(f"train/alpha_{name}", value, batch_size=len(encoded.weights))
+            self.log(f"train/modality_weights/{name}", value, batch_size=len(encoded.weights))
         return loss
 
     def _task_losses(self, batch: dict, encoded: ItemEncoding, user: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -267,10 +289,9 @@ class MultimodalRecommender(RecommenderModule):
 
     # --- evaluation ----------------------------------------------------------------------------------
 
-    def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode_items(self, items: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         encoded = self._encode(items)
-        self._weight_chunks.append((items["item_ids"], encoded.weights.detach().float()))
-        return encoded.vectors
+        return {"vectors": encoded.vectors, "modality_weights": encoded.weights}
 
     @torch.no_grad()
     def encode_new_items(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> torch.Tensor:
@@ -286,28 +307,6 @@ class MultimodalRecommender(RecommenderModule):
             self.train(training)
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
+        if self.sequence_encoder is not None:
+            return self._scored(self.sequence_encoder.last(item_table[batch["history"]], batch["history_mask"]))
         return self._user(batch, item_table[batch["history"]])
-
-    def _reset_catalogue(self) -> None:
-        super()._reset_catalogue()
-        self._weight_chunks, self._weight_table = [], None
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        """As the base class's, plus ``modality_weights``, in the order of ``modalities``: for a catalogue
-        batch each item's fusion weights ``[items, M]``, for users each recommended item's ``[users, K, M]`` —
-        which modality placed it where it is."""
-        prediction = super().predict_step(batch, batch_idx, dataloader_idx)
-        if "items" not in prediction:
-            prediction["modality_weights"] = self._weight_chunks[-1][1]
-            return prediction
-        if self._weight_table is None:
-            self._weight_table = self._per_item(self._weight_chunks)
-        prediction["modality_weights"] = self._weight_table[prediction["items"]]
-        return prediction
-
-    def _log_metrics(self, metrics, stage: str) -> None:
-        if self._weight_chunks and stage in ("val", "test"):  # not again for the warm and cold groups
-            mean = torch.cat([weights for _, weights in self._weight_chunks]).mean(0)
-            for name, value in zip(self.modalities, mean, strict=True):
-                self.log(f"{stage}/alpha_{name}", value, sync_dist=True)
-        super()._log_metrics(metrics, stage)

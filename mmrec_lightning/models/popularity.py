@@ -10,15 +10,12 @@ from mmrec_lightning.models.base import RecommenderModule
 class Popularity(RecommenderModule):
     """Scores each item by its number of training interactions; nothing to train.
 
-    Same arguments as :class:`~mmrec_lightning.models.base.RecommenderModule`.
+    Same arguments as :class:`~mmrec_lightning.models.base.RecommenderModule` (its loss and optimizer unused).
     """
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        counts = getattr(self.trainer.datamodule, "item_train_counts", None)
-        if counts is None:
-            raise RuntimeError("Popularity needs a RecDataModule (it reads the training item counts)")
-        self.item_counts = torch.as_tensor(counts, dtype=torch.float32)
+        self.item_counts = torch.as_tensor(self.data_facts.item_train_counts, dtype=torch.float32)
 
     def encode_items(self, items: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.item_counts.to(self.device)[items["item_ids"]].unsqueeze(1)

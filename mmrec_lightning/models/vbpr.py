@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from mmrec_lightning.encoders.features import ItemFeatures
-from mmrec_lightning.losses import RecommendationLoss
+from mmrec_lightning.features.encoder import ItemFeatures
 from mmrec_lightning.models.base import rows
 from mmrec_lightning.models.content import checked_features, project
 from mmrec_lightning.models.id_based import MatrixFactorization
@@ -23,52 +23,27 @@ class VBPR(MatrixFactorization):
     Training projects only the features of the batch's items; evaluation projects the catalogue once.
 
     Args:
-        num_users: number of users (linked from the data).
-        num_items: number of items (linked from the data).
-        num_categories: unused; accepted so every model takes the same data links.
         image_features: the catalogue's image features (row i = item i), or none.
         text_features: the catalogue's text features, or none; at least one of the two must be set.
         embed_dim: size D of the ID embedding and of the projected features.
         reg_weight: weight of the L2 penalty on the batch's user and item vectors (squared norms / batch size).
         dropout: dropout on the user and item vectors in training.
-        loss: the recommendation loss (BPR by default).
-        optimizer: optimizer over the embeddings and the projection.
-        scheduler: optional learning-rate scheduler.
-        top_k: the cut-offs K of the evaluation metrics.
-        eval_chunk_size: items scored at once in evaluation.
+        **kwargs: as for :class:`~mmrec_lightning.models.base.RecommenderModule`.
     """
 
     def __init__(
         self,
-        num_users: int,
-        num_items: int,
-        num_categories: int = 0,
         image_features: ItemFeatures | None = None,
         text_features: ItemFeatures | None = None,
         embed_dim: int = 64,
         reg_weight: float = 1e-4,
         dropout: float = 0.0,
-        loss: RecommendationLoss | None = None,
-        optimizer: OptimizerCallable = torch.optim.Adam,
-        scheduler: LRSchedulerCallable | None = None,
-        top_k: list[int] = [10, 20, 50],  # noqa: B006 (a list renders in --help and YAML; never mutated)
-        eval_chunk_size: int = 1 << 16,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_users,
-            num_items,
-            num_categories,
-            embed_dim,
-            reg_weight,
-            loss,
-            optimizer,
-            scheduler,
-            top_k,
-            eval_chunk_size,
-        )
-        features = checked_features(num_items, text=text_features, image=image_features)
+        super().__init__(embed_dim=embed_dim, reg_weight=reg_weight, **kwargs)
+        features = checked_features(self.num_items, text=text_features, image=image_features)
         self.features = nn.ModuleDict(features)
-        self.user_content_embedding = nn.Embedding(num_users, embed_dim)
+        self.user_content_embedding = nn.Embedding(self.num_users, embed_dim)
         self.projection = nn.Linear(sum(f.output_dim for f in features.values()), embed_dim)
         nn.init.xavier_normal_(self.user_content_embedding.weight)
         nn.init.xavier_normal_(self.projection.weight)

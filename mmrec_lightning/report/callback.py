@@ -72,11 +72,11 @@ class ReportWriter(L.Callback):
             self.path = run_directory(trainer, self.directory) / self.filename
             self._loggers = list(trainer.loggers)
             self.gallery = compute_gallery(trainer, pl_module, self.num_users, self.top_k, self.history, self.seed)
-            self._items = ItemDisplay(trainer.datamodule.dataset)  # kept: thumbnails are decoded once per run
+            self._items = ItemDisplay(pl_module.data_facts.dataset)  # kept: thumbnails are decoded once per run
             self._facts = {
                 "model": type(pl_module).__name__,
                 "checkpoint": str(trainer.ckpt_path or "the weights in memory"),
-                "dataset": str(trainer.datamodule.dataset.path),
+                "dataset": str(pl_module.data_facts.path),
             }
         if not trainer.is_global_zero:
             return

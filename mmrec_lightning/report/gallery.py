@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from mmrec_lightning.models.base import CATALOGUE, USERS
+from mmrec_lightning.evaluation import CATALOGUE, USERS
 
 WEIGHT_BINS = 20
 
@@ -63,13 +63,13 @@ def compute_gallery(
     from the model's own ``predict_step`` over the test's catalogue loader and a batch of ``num_users`` test
     users drawn with ``seed``. A collective under DDP: every rank encodes its share of the catalogue."""
     catalogue_loader, users_loader = (trainer.test_dataloaders[i] for i in (CATALOGUE, USERS))
-    train = trainer.datamodule.dataset.split("train")
+    train = module.data_facts.train
     users = users_loader.dataset
     drawn = (users[int(i)] for i in np.random.default_rng(seed).permutation(len(users)))
     examples = list(islice((example for example in drawn if len(train.row(example["user"]))), num_users))
     if not examples:
         return Gallery([], [], None)
-    modalities = list(getattr(module, "modalities", []))
+    modalities = list(module.item_output_columns.get("modality_weights", []))
     weights: list[torch.Tensor] = []  # every catalogue item's modality weights, for multimodal models
     module.on_predict_epoch_start()  # a prediction epoch by hand: start from an empty catalogue table
     with torch.inference_mode(), trainer.precision_plugin.predict_step_context():

@@ -109,17 +109,17 @@ def training_figure(curves: pd.DataFrame) -> bytes | None:
     recall = sorted((c for c in curves if c.startswith("val/recall@")), key=lambda c: int(c.split("@")[1]))
     if recall:
         panels.append(("validation Recall@K", "epoch", recall))
-    alphas = [c for c in curves if c.startswith("val/alpha_")]
-    if alphas:
-        panels.append(("validation mean modality weight", "epoch", alphas))
+    weights = [c for c in curves if c.startswith("val/modality_weights/")]
+    if weights:
+        panels.append(("validation mean modality weight", "epoch", weights))
     if not panels:
         return None
     figure, axes = _panels(len(panels), width=4.0)
     for ax, (title, x, columns) in zip(axes, panels, strict=True):
         for column in columns:
             rows = curves[[x, column]].dropna()
-            name = column.split("/", 1)[1]
-            colour = modality_colour(name.removeprefix("alpha_")) if name.startswith("alpha_") else None
+            name = column.split("/")[-1]
+            colour = modality_colour(name) if column.startswith("val/modality_weights/") else None
             ax.plot(rows[x], rows[column], marker="." if x == "epoch" else None, color=colour, label=name)
         ax.set(title=title, xlabel=x)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -23,7 +23,7 @@ def gallery_table(gallery: Gallery, items: ItemDisplay) -> tuple[list[str], list
     item (``held_out``); position counts from 1 within each role."""
     import wandb  # here, not at the top: most runs have no W&B logger, and importing wandb takes a while
 
-    columns = [*BASE_COLUMNS, *(f"weight_{m}" for m in gallery.modalities)]
+    columns = [*BASE_COLUMNS, *(f"modality_weights/{m}" for m in gallery.modalities)]
     no_weights = [None] * len(gallery.modalities)
 
     def row(user: int, role: str, position: int, item: int, score=None, hit=None, weights=no_weights) -> list:

@@ -15,6 +15,8 @@ output folder: ``best.yaml`` (``fit --config best.yaml`` trains the winner), ``t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import random
 import sys
@@ -54,6 +56,15 @@ class ValidationPruning(L.Callback):
         self.trial.report(float(value), step=trainer.current_epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"epoch {trainer.current_epoch}: {self.monitor} {float(value):.4f}")
+
+
+def resolved(path: Path) -> dict:
+    """The config at ``path`` as ``fit`` reads it: files it includes (``config: ../x.yaml``) merged in, every
+    default written out, so trial configs can live in any folder."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+        RecommenderCLI(args=["fit", "--config", str(path), "--print_config"])
+    return yaml.safe_load(printed.getvalue())
 
 
 def monitored(config: dict, path: str) -> tuple[str, str]:
@@ -234,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config_path = Path(args.config)
     if not config_path.is_file():
         raise ConfigurationError(f"--config {config_path}: no such file")
-    base = yaml.safe_load(config_path.read_text())
+    base = resolved(config_path)
     space = read_space(args.space)
     monitor, mode = monitored(base, args.config)
     direction = "maximize" if mode == "max" else "minimize"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mmrec_lightning.data.features import SourceFeatures
+from mmrec_lightning.features.files import SourceFeatures
 
 
 @dataclass

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmrec_lightning.data.features import SourceFeatures, source_features
 from mmrec_lightning.data.sources.base import SourceData
 from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
 from mmrec_lightning.data.sources.readers import (
@@ -32,6 +31,7 @@ from mmrec_lightning.data.sources.readers import (
     to_seconds,
 )
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.files import SourceFeatures, source_features
 
 COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 X_LABELS = {0: "train", 1: "valid", 2: "test"}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmrec_lightning.data.features import SourceFeatures, source_features
 from mmrec_lightning.data.sources.base import SourceData
 from mmrec_lightning.data.sources.pipeline import CommonOptions, RawSource, build
 from mmrec_lightning.data.sources.readers import (
@@ -28,6 +27,7 @@ from mmrec_lightning.data.sources.readers import (
     to_seconds,
 )
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.files import SourceFeatures, source_features
 
 
 @dataclass(frozen=True)

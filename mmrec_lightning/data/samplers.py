@@ -1,4 +1,5 @@
-"""Negative sampling and the epoch-aware training sampler."""
+"""The epoch-aware training batch sampler, the loader that resumes it mid-epoch, and the generators seeded
+from (seed, epoch, batch) that make a batch the same whatever the number of workers."""
 
 from __future__ import annotations
 

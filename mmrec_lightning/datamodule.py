@@ -1,5 +1,6 @@
 """The LightningDataModule: streams training examples, evaluation users and the item catalogue from a
-prepared dataset, with item content preprocessed the way the model's encoders want it."""
+prepared dataset, with item content preprocessed the way the model's encoders want it (handed over by
+:func:`mmrec_lightning.connect.connect`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,23 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from mmrec_lightning.data.contract import DataFacts, ItemPreprocessing
 from mmrec_lightning.data.datasets import (
-    Catalogue,
-    CatalogueCollator,
-    EvalUsers,
     HistoryMode,
+    SequenceCollator,
     TrainCollator,
     TrainInteractions,
-    collate_eval_users,
+    TrainSequences,
 )
-from mmrec_lightning.data.items import ItemContent, ItemPreprocessing
-from mmrec_lightning.data.sampling import EpochSampler, ResumableDataLoader
-from mmrec_lightning.data.schema import PreparedDataset, PreparedDatasetError, write_prepared
+from mmrec_lightning.data.items import ItemContent
+from mmrec_lightning.data.samplers import EpochSampler, ResumableDataLoader
+from mmrec_lightning.data.schema import PreparedDatasetError, write_prepared
 from mmrec_lightning.data.sources.synthetic import CATEGORIES, SyntheticSpec, generate
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.evaluation import Catalogue, CatalogueCollator, EvalUsers, collate_eval_users
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ class RecDataModule(L.LightningDataModule):
         eval_batch_size: users per evaluation batch.
         item_batch_size: items per batch when the catalogue is encoded for evaluation.
         num_negatives: negatives sampled per training interaction, never among the user's training items.
-        history_length: most recent training items that describe a user.
+        history_length: most recent training items that describe a user (a sequential model reads its own
+            number, see ``connect``).
         history: which items describe the user of a training example: ``preceding`` (those just before the
             positive in time, for next-item prediction), ``others`` (the user's latest training items other than
             the positive, as evaluation shows them when held-out interactions fall anywhere in time), or
@@ -50,6 +51,11 @@ class RecDataModule(L.LightningDataModule):
         pin_memory: pin host memory for faster copies to the GPU.
         mask_valid_at_test: at test, also remove validation items from the ranking (RecBole's protocol);
             off by default, as in MMRec, where they stay in the ranking as non-relevant.
+        test_history: what describes a user at test and prediction: the ``train`` interactions, or
+            ``train_and_valid`` (then the validation items are masked as seen); ``auto``: ``train_and_valid``
+            for leave-one-out and temporal splits, whose validation interactions precede the test ones in time
+            (a sequential model would otherwise predict the test item from a history that skips the one just
+            before it), ``train`` for the others. Validation always reads the training interactions alone.
         seed: seed of the shuffling, negative sampling and augmentation.
     """
 
@@ -66,6 +72,7 @@ class RecDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         mask_valid_at_test: bool = False,
+        test_history: Literal["auto", "train", "train_and_valid"] = "auto",
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -77,14 +84,15 @@ class RecDataModule(L.LightningDataModule):
             )
         self.path = str(path)
         self.synthetic = synthetic
-        self.preprocessing: ItemPreprocessing | None = None
-        self.dataset: PreparedDataset | None = None
+        self.facts = DataFacts(self.path)
+        self.preprocessing = ItemPreprocessing()
+        self.sequence_length: int | None = None
         if (Path(self.path) / "metadata.json").is_file():
-            counts = PreparedDataset(self.path)
+            dataset = self.facts.dataset
             self.num_users, self.num_items, self.num_categories = (
-                counts.num_users,
-                counts.num_items,
-                counts.num_categories,
+                dataset.num_users,
+                dataset.num_items,
+                dataset.num_categories,
             )
         elif synthetic is not None:
             self.num_users, self.num_items, self.num_categories = synthetic.users, synthetic.items, len(CATEGORIES)
@@ -93,6 +101,14 @@ class RecDataModule(L.LightningDataModule):
                 f"data.path {self.path!r} holds no prepared dataset; build one with `python -m mmrec_lightning "
                 f"prepare --source ... --output {self.path}`, or set data.synthetic to generate one"
             )
+
+    def connect(self, preprocessing: ItemPreprocessing, sequence_length: int | None = None) -> None:
+        """What the model needs of the data: how item content is prepared (its encoders' transforms and
+        tokenizer; nothing by default, for models that read no content), and, for a sequential model, the
+        length of its histories: it then trains on users' item sequences (next-item prediction at every
+        position) and is evaluated on the latest ``sequence_length`` training items of each user."""
+        self.preprocessing = preprocessing
+        self.sequence_length = sequence_length
 
     def prepare_data(self) -> None:
         if self.synthetic is not None and not (Path(self.path) / "metadata.json").is_file():
@@ -108,7 +124,7 @@ class RecDataModule(L.LightningDataModule):
             )
 
     def setup(self, stage: str | None = None) -> None:
-        dataset = PreparedDataset(self.path)
+        dataset = self.facts.dataset
         if (dataset.num_users, dataset.num_items, dataset.num_categories) != (
             self.num_users,
             self.num_items,
@@ -119,28 +135,20 @@ class RecDataModule(L.LightningDataModule):
                 f"{dataset.num_categories} categories, but this run was configured for {self.num_users}, "
                 f"{self.num_items} and {self.num_categories}; point data.path at the right dataset"
             )
-        self.dataset = dataset
-        self.train_split = dataset.split("train")
-        self.item_train_counts = np.bincount(self.train_split.items, minlength=dataset.num_items)
-        designated = dataset.metadata.get("split", {}).get("designated_cold_items")
-        # the items evaluated as "cold": the split's designated cold items, else those without training interactions
-        self.cold_item_group = (
-            self.item_train_counts == 0 if designated is None else np.isin(np.arange(dataset.num_items), designated)
-        )
-        if self.trainer is not None and hasattr(self.trainer.lightning_module, "item_preprocessing"):
-            self.preprocessing = self.trainer.lightning_module.item_preprocessing()
         for name in ("train", "valid", "test"):
             if len(dataset.split(name).items) == 0 and (name != "test" or stage == "test"):
                 raise PreparedDatasetError(f"{self.path}: the {name} split is empty; prepare the dataset again")
+
+    @property
+    def _time_ordered_split(self) -> bool:
+        return self.facts.dataset.metadata.get("split", {}).get("method") in ("loo", "temporal")
 
     @property
     def history_mode(self) -> HistoryMode:
         """The training history, ``data.history`` with ``auto`` resolved by how the dataset was split."""
         if self.hparams.history != "auto":
             return self.hparams.history
-        assert self.dataset is not None, "call setup() first"
-        method = self.dataset.metadata.get("split", {}).get("method")
-        return "preceding" if method in ("loo", "temporal") else "others"
+        return "preceding" if self._time_ordered_split else "others"
 
     # --- loaders ---------------------------------------------------------------------------------------
 
@@ -150,7 +158,7 @@ class RecDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _content(self) -> ItemContent:
-        return ItemContent(self.path, self.preprocessing or ItemPreprocessing(), self.item_train_counts)
+        return ItemContent(self.path, self.preprocessing, self.facts.item_train_counts)
 
     def _loader(self, dataset: Dataset, batch_size: int, collate, sampler=None, loader=DataLoader, **kwargs):
         workers = self.hparams.num_workers
@@ -177,12 +185,16 @@ class RecDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        dataset = TrainInteractions(
-            self.train_split, self.num_items, hp.num_negatives, hp.history_length, hp.seed, self.history_mode
-        )
+        if self.sequence_length is not None:
+            dataset = TrainSequences(self.facts.train, self.num_items, hp.num_negatives, self.sequence_length, hp.seed)
+            collate = SequenceCollator(self._content(), hp.seed)
+        else:
+            dataset = TrainInteractions(
+                self.facts.train, self.num_items, hp.num_negatives, hp.history_length, hp.seed, self.history_mode
+            )
+            collate = TrainCollator(self._content(), hp.seed)
         world_size, rank = self._world
         sampler = EpochSampler(len(dataset), hp.batch_size, num_replicas=world_size, rank=rank, seed=hp.seed)
-        collate = TrainCollator(self._content(), hp.seed)
         return self._loader(  # the sampler yields whole batches
             dataset, None, collate, sampler, loader=ResumableDataLoader, progress=self._batches_trained
         )
@@ -193,11 +205,19 @@ class RecDataModule(L.LightningDataModule):
         return self._loader(dataset, self.hparams.item_batch_size, collate, self._eval_sampler(dataset))
 
     def users_dataloader(self, split: str | None) -> DataLoader:
-        """Users to rank for: those with interactions in ``split``, or every user when it is None."""
-        assert self.dataset is not None, "call setup() first"
-        also_exclude = self.dataset.split("valid") if split == "test" and self.hparams.mask_valid_at_test else None
-        target = self.dataset.split(split) if split is not None else None
-        dataset = EvalUsers(self.train_split, target, self.hparams.history_length, also_exclude)
+        """Users to rank for: those with interactions in ``split``, or every user when it is None (prediction,
+        which sees what test sees)."""
+        data = self.facts.dataset
+        known, also_exclude = self.facts.train, None
+        if split != "valid":
+            test_history = self.hparams.test_history
+            if test_history == "train_and_valid" or (test_history == "auto" and self._time_ordered_split):
+                known = known.merged(data.split("valid"))
+            elif self.hparams.mask_valid_at_test:
+                also_exclude = data.split("valid")
+        target = data.split(split) if split is not None else None
+        history = self.sequence_length or self.hparams.history_length
+        dataset = EvalUsers(known, target, history, also_exclude)
         return self._loader(dataset, self.hparams.eval_batch_size, collate_eval_users, self._eval_sampler(dataset))
 
     def val_dataloader(self) -> list[DataLoader]:

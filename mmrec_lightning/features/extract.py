@@ -24,13 +24,13 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_only
 
-from mmrec_lightning.data.datamodule import RecDataModule
-from mmrec_lightning.data.features import feature_file, record_provenance
-from mmrec_lightning.data.items import ItemPreprocessing
-from mmrec_lightning.data.matrices import RowParts, finish_parts, start_parts
+from mmrec_lightning.data.contract import ItemPreprocessing
 from mmrec_lightning.data.schema import PreparedDataset
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.files import feature_file, record_provenance
+from mmrec_lightning.features.matrices import RowParts, finish_parts, start_parts
 
 PROG = "python -m mmrec_lightning extract-features"
 
@@ -86,11 +86,12 @@ class FeatureWriter(BasePredictionWriter):
     Args:
         dataset: the prepared dataset's folder.
         provenance: what made the features, recorded in ``features.json`` per modality.
+        num_items: the dataset's number of items (rows of each matrix).
     """
 
-    def __init__(self, dataset: Path, provenance: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, dataset: Path, provenance: dict[str, dict[str, Any]], num_items: int) -> None:
         super().__init__(write_interval="batch")
-        self.dataset, self.provenance = dataset, provenance
+        self.dataset, self.provenance, self.num_items = dataset, provenance, num_items
         self.folder = dataset / "features" / ".parts"
         self._parts: RowParts | None = None
 
@@ -104,7 +105,7 @@ class FeatureWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: L.Trainer, pl_module: FeatureExtractor) -> None:
         def assemble() -> None:
             targets = {name: feature_file(self.dataset, name) for name in pl_module.encoders}
-            self._parts.assemble(trainer.world_size, trainer.datamodule.num_items, targets)
+            self._parts.assemble(trainer.world_size, self.num_items, targets)
             for name in targets:
                 record_provenance(self.dataset, name, self.provenance[name])
             shutil.rmtree(self.folder)
@@ -161,9 +162,10 @@ def extract_features(
         for name, encoder in extractor.encoders.items()
     }
     datamodule = CatalogueData(data, item_batch_size=batch_size, num_workers=num_workers)
+    datamodule.connect(extractor.item_preprocessing())
     trainer.setdefault("logger", False)
     trainer.setdefault("enable_model_summary", False)
-    runner = L.Trainer(callbacks=[FeatureWriter(Path(data), provenance)], **trainer)
+    runner = L.Trainer(callbacks=[FeatureWriter(Path(data), provenance, datamodule.num_items)], **trainer)
     runner.predict(extractor, datamodule=datamodule, return_predictions=False)
     return {name: feature_file(data, name) for name in extractor.encoders}
 

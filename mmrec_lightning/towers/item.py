@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
-from mmrec_lightning.encoders.features import ItemFeatures
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.encoder import ItemFeatures
 from mmrec_lightning.fusion import FusionFactory
-from mmrec_lightning.models.content_neighbours import ContentNeighbours
+from mmrec_lightning.towers.content_neighbours import ContentNeighbours
 
 CACHE_FILL_ROWS = 256
 """Items a frozen encoder encodes at once when filling its cache (bounds the activations' memory)."""

@@ -5,7 +5,7 @@ handed to MMRec as they are. An all-zero row means the item has no such content.
 where each matrix came from (the encoder that made it, or the source file it was copied from).
 
 They are written by ``prepare`` for sources that ship features (MMRec's) and by ``extract-features``, and
-read by models through :class:`mmrec_lightning.encoders.features.ItemFeatures`.
+read by models through :class:`mmrec_lightning.features.ItemFeatures`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from mmrec_lightning.atomic import write_atomically
-from mmrec_lightning.data.matrices import MatrixWriter
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features.matrices import MatrixWriter
 
 FEATURES_DIR = "features"
 MODALITIES = ("image", "text")

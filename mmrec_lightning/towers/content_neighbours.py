@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrec_lightning.errors import ConfigurationError
-from mmrec_lightning.models.freedom import SIMILARITY_BLOCK
+
+SIMILARITY_BLOCK = 1 << 25  # similarities held at once while a kNN graph is built (128 MB of float32)
 
 
 class ContentNeighbours(nn.Module):

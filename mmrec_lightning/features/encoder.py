@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmrec_lightning.data.features import read_features
+from mmrec_lightning.features.files import read_features
 from mmrec_lightning.errors import ConfigurationError
 
 

@@ -1,0 +1,173 @@
+"""Sequential user modelling: the causal encoder, the sequence training stream, SASRec and the content-aware
+sequential model (with and without item IDs)."""
+
+from functools import partial
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SPEC, Interrupt, losses_on_one_batch, resumable_fit
+
+from mmrec_lightning.connect import connect
+from mmrec_lightning.data.datasets import TrainSequences
+from mmrec_lightning.data.schema import PreparedDataset, SplitIndex
+from mmrec_lightning.datamodule import RecDataModule
+from mmrec_lightning.evaluation import CATALOGUE, USERS
+from mmrec_lightning.features import ItemFeatures, feature_file, save_features
+from mmrec_lightning.models import MultimodalRecommender, SASRec
+from mmrec_lightning.towers.sequence import SequenceEncoder
+
+MAX_LENGTH = 6
+
+
+def _encoder(seed: int = 0) -> SequenceEncoder:
+    torch.manual_seed(seed)
+    return SequenceEncoder(8, max_length=MAX_LENGTH, num_layers=2, num_heads=2, dropout=0.0).eval()
+
+
+def test_a_position_never_sees_later_items():
+    encoder = _encoder()
+    items, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    changed = items.clone()
+    changed[:, 3] = torch.randn(2, 8)
+    with torch.no_grad():
+        before, after = encoder(items, mask), encoder(changed, mask)
+    torch.testing.assert_close(before[:, :3], after[:, :3])
+    assert not torch.allclose(before[:, 3:], after[:, 3:])
+
+
+def test_padding_changes_no_state_and_the_user_is_the_state_after_the_latest_item():
+    encoder = _encoder()
+    items = torch.randn(1, 3, 8)
+    padded = torch.cat([items, torch.randn(1, 2, 8)], dim=1)  # two padding positions with garbage in them
+    mask = torch.tensor([[True, True, True, False, False]])
+    with torch.no_grad():
+        plain = encoder(items, torch.ones(1, 3, dtype=torch.bool))
+        with_padding = encoder(padded, mask)
+        user = encoder.last(padded, mask)
+        nobody = encoder.last(padded, torch.zeros_like(mask))
+    torch.testing.assert_close(with_padding[:, :3], plain, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(user, plain[:, 2], atol=1e-5, rtol=1e-5)
+    assert torch.equal(nobody, torch.zeros(1, 8))  # a user without history: no NaN, no signal
+
+
+def test_training_sequences_predict_each_next_item_of_the_latest_items_against_unseen_negatives():
+    # user 0: items 0..9 in time order; user 1: a single item (nothing to predict); user 2: 5, 6, 7
+    train = SplitIndex(indptr=np.array([0, 10, 11, 14]), items=np.array([*range(10), 11, 5, 6, 7]), times=np.zeros(14))
+    dataset = TrainSequences(train, num_items=12, num_negatives=2, max_length=4, seed=0)
+    assert dataset.users.tolist() == [0, 2]
+    batch = dataset[(np.array([0, 1]), 0)]
+    assert batch["sequence"].tolist() == [[5, 6, 7, 8], [5, 6, 0, 0]]  # the latest max_length + 1, padded
+    assert batch["targets"].tolist() == [[6, 7, 8, 9], [6, 7, 0, 0]]
+    assert batch["sequence_mask"].tolist() == [[True] * 4, [True, True, False, False]]
+    assert batch["negatives"].shape == (2, 4, 2)
+    assert not np.isin(batch["negatives"][0], train.row(0)).any()
+    assert not np.isin(batch["negatives"][1], train.row(2)).any()
+
+
+@pytest.fixture(scope="module")
+def featured_dir(synthetic_dir, tmp_path_factory):
+    import shutil
+
+    path = tmp_path_factory.mktemp("sequential") / "synthetic"
+    shutil.copytree(synthetic_dir, path)
+    rng = np.random.default_rng(0)
+    save_features(feature_file(path, "text"), rng.standard_normal((TINY_SPEC.items, 12), dtype=np.float32))
+    return path
+
+
+def _sasrec() -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(
+        num_users=TINY_SPEC.users,
+        num_items=TINY_SPEC.items,
+        embed_dim=8,
+        sequence_encoder=partial(SequenceEncoder, max_length=MAX_LENGTH, dropout=0.0),
+        top_k=[5],
+    )
+
+
+def _content(path, use_item_id: bool = True) -> MultimodalRecommender:
+    torch.manual_seed(0)
+    return MultimodalRecommender(
+        num_users=TINY_SPEC.users,
+        num_items=TINY_SPEC.items,
+        text_encoder=ItemFeatures(str(feature_file(path, "text"))),
+        use_item_id=use_item_id,
+        embed_dim=8,
+        sequence_encoder=partial(SequenceEncoder, max_length=MAX_LENGTH, num_heads=2, dropout=0.0),
+        modality_dropout=0.0,
+        top_k=[5],
+    )
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+@pytest.mark.parametrize("kind", ["sasrec", "content", "id-free"])
+def test_next_item_loss_falls(kind, featured_dir):
+    model = _sasrec() if kind == "sasrec" else _content(featured_dir, use_item_id=kind == "content")
+    data = RecDataModule(path=str(featured_dir), batch_size=32, num_negatives=4)
+    connect(model, data)
+    data.setup("fit")
+    model.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["sequence"].shape[1] == MAX_LENGTH  # the model's history length reached the data
+    losses = losses_on_one_batch(model, batch, 25, torch.optim.Adam(model.parameters(), lr=1e-2))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_without_item_ids_every_item_gets_a_vector_from_its_content_cold_ones_too(featured_dir):
+    model = _content(featured_dir, use_item_id=False).eval()
+    data = RecDataModule(path=str(featured_dir), item_batch_size=TINY_SPEC.items)
+    connect(model, data)
+    data.setup("test")
+    with torch.no_grad():
+        vectors = model.encode_items(next(iter(data.test_dataloader()[CATALOGUE])))["vectors"]
+        users = next(iter(data.test_dataloader()[USERS]))
+        scores = model.encode_users(users, vectors) @ vectors.T
+    cold = torch.as_tensor(data.facts.item_train_counts == 0)
+    assert cold.any() and (vectors[cold].norm(dim=1) > 0.5).all()  # unit vectors (cosine), never trained on
+    assert (scores[:, cold].max(0).values > scores.min()).all()  # cold items take part in the ranking
+    assert model.modalities == ["text"]
+
+
+def _fit_sasrec(path, directory, interrupt=None, ckpt_path=None):
+    L.seed_everything(0)
+    data = RecDataModule(path=str(path), batch_size=16, num_negatives=2)
+    return resumable_fit(_sasrec(), data, directory, 2, Interrupt(interrupt) if interrupt else None, ckpt_path)
+
+
+def test_a_sequential_run_stopped_mid_epoch_resumes_to_the_same_weights(synthetic_dir, tmp_path):
+    steps_per_epoch = -(-int((PreparedDataset(synthetic_dir).split("train").lengths() >= 2).sum()) // 16)
+    assert steps_per_epoch > 2
+    reference = _fit_sasrec(synthetic_dir, tmp_path / "reference")
+    assert _fit_sasrec(synthetic_dir, tmp_path / "killed", interrupt=steps_per_epoch + 1) is None
+    resumed = _fit_sasrec(synthetic_dir, tmp_path / "killed", ckpt_path="last")
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_a_sequential_model_trains_a_partly_trained_image_encoder_end_to_end(synthetic_dir):
+    from mmrec_lightning.encoders import TimmImageEncoder
+
+    torch.manual_seed(0)
+    model = MultimodalRecommender(
+        num_users=TINY_SPEC.users,
+        num_items=TINY_SPEC.items,
+        image_encoder=TimmImageEncoder("test_efficientnet", image_size=32, train_blocks=1),
+        embed_dim=8,
+        sequence_encoder=partial(SequenceEncoder, max_length=MAX_LENGTH, dropout=0.0),
+        top_k=[5],
+    )
+    data = RecDataModule(path=str(synthetic_dir), batch_size=8, num_negatives=2)
+    connect(model, data)
+    data.setup("fit")
+    model.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["items"]["image"].dtype == torch.uint8  # decoded images, not features
+    model.training_step(batch, 0).backward()
+    encoder = model.item_tower.image_encoder
+    trained = [p for p in encoder.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+    assert all(p.grad is None for p in encoder.parameters() if not p.requires_grad)
