@@ -249,18 +249,24 @@ def test_matrix_factorization_with_logq_sampled_softmax_receives_the_training_it
     torch.testing.assert_close(model.loss.item_counts, torch.as_tensor(counts, dtype=torch.float32))
 
 
-def test_train_speed_benchmark_times_each_model_and_compares_with_mmrec(featured_dir, tmp_path, capsys):
+def test_train_speed_benchmark_times_each_model_and_compares_with_mmrec(featured_dir, tmp_path, capsys, monkeypatch):
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     import train_speed
 
+    # on a CPU without bfloat16 instructions the bfloat16 rows are skipped (ItemFeatures would hold float32)
+    monkeypatch.setattr(train_speed, "cpu_bfloat16_is_fast", lambda: False)
     output = tmp_path / "train_speed.json"
-    args = ["--data", str(featured_dir), "--epochs", "2", "--models", "bpr", "freedom", "--image-dim", "8"]
-    train_speed.main([*args, "--text-dim", "4", "--output", str(output)])
-    results = json.loads(output.read_text())["models"]
-    assert set(results) == {"bpr", "freedom", "freedom-bfloat16"}
-    for key, result in results.items():
-        name = key.split("-")[0]
-        assert len(result["epochs_s"]) == 2 and result["ours_s"] == result["epochs_s"][1] > 0
-        assert result["speedup"] == pytest.approx(train_speed.MODELS[name][2] / result["ours_s"])
-        assert result["passed"] == (result["speedup"] >= result["target"])
-    assert "load average" in capsys.readouterr().out
+    args = ["--data", str(featured_dir), "--epochs", "2", "--rounds", "1", "--models", "bpr", "freedom"]
+    train_speed.main([*args, "--image-dim", "8", "--text-dim", "4", "--output", str(output)])
+    written = json.loads(output.read_text())
+    results = written["models"]
+    assert set(results) == {"bpr", "freedom"}
+    for result in results.values():
+        (run,) = result["ours"]["runs"]
+        assert len(run["epochs_s"]) == 2 and result["ours"]["median_s"] == run["epochs_s"][1] > 0
+        # no MMRec checkout given: seconds only, nothing to compare them with, no verdict
+        assert result["mmrec"] is None and result["speedup"] is None and result["passed"] is None
+    assert written["peer"] is None and written["machine"]["threads"] == written["threads"]
+    out = capsys.readouterr().out
+    assert "load average" in out and "no MMRec checkout" in out and "bfloat16 rows skipped" in out
+    assert "pass" not in out and "FAIL" not in out

@@ -72,8 +72,9 @@ class MultimodalRecommender(RecommenderModule):
         sequence_encoder: a sequential user encoder (``class_path`` of a ``SequenceEncoder``; the model supplies
             the size): a user is then the state after their latest item in a causal transformer over their
             history's item vectors, and training predicts every next item of users' sequences (by default against
-            its sampled negatives alone, ``SampledSoftmaxLoss(in_batch=False)``); or none, for
-            the user tower (ID, mean of the history, behaviour statistics) and one example per interaction.
+            its sampled negatives alone, ``SampledSoftmaxLoss(in_batch=False)``; the user tower's
+            ``use_user_id``, ``dropout`` and ``history_dropout`` then take no part); or none, for the user tower
+            (ID, mean of the history, behaviour statistics) and one example per interaction.
         use_user_id: whether the user tower has a user-ID embedding (without it, a user is their history and
             behaviour statistics). Off by default: the ID memorises a user's training items, which evaluation
             masks, and where users have few interactions that is all it learns (Amazon Baby, 6 per user:
