@@ -1,7 +1,7 @@
 """Full-ranking evaluation speed, given the user and item vectors: ours against a tight plain-torch floor and,
 with ``--mmrec DIR``, against MMRec's own evaluation, all measured in the same run on the machine at hand.
 
-    python benchmarks/eval_speed.py --data data/baby [--mmrec ~/src/MMRec] [--repeats 5] [--batch-size 4096]
+    python benchmarks/eval_speed.py --data data/baby [--mmrec ~/src/MMRec] [--repeats 6] [--batch-size 512]
 
 Each side is timed as one whole evaluation, from the split's arrays and the vectors to the metrics, batch
 building included:
@@ -9,14 +9,15 @@ building included:
 - ours: the harness's evaluation path as the validation loop runs it — ``EvalUsers`` items and
   ``collate_eval_users`` (each user's training items to mask and test items to find), the user vectors looked
   up, ``rank_items`` (scores, mask, top-k), ``hits_of``, ``RankingMetrics`` (Recall, NDCG, Precision, MAP, Hit
-  at 10, 20, 50), ``--batch-size`` users per batch;
+  at 10, 20, 50), ``--batch-size`` users per batch (512, ``data.eval_batch_size``'s default);
 - floor: the tightest plain-torch computation we could write for the same numbers — per block of users, the
   mask and target coordinates sliced straight out of the CSR arrays (vectorised numpy), one matrix product,
   the training items set to -inf, ``topk``, the top-k compared with the targets' coordinates, the metrics as
   float64 sums. Several user-block sizes are timed; the fastest is the floor;
 - MMRec (``--mmrec``, see ``peers.py``): its ``Trainer.evaluate`` on the test split with the same vectors in its
-  BPR (its batches of ``--batch-size`` users, ``full_sort_predict``, the mask, ``topk``, ``TopKEvaluator``), in a
-  subprocess with the same threads; its ``EvalDataLoader``, built once per run, is not timed.
+  BPR (batches of ``--mmrec-batch-size`` users, 4,096 as its ``eval_batch_size``; ``full_sort_predict``, the
+  mask, ``topk``, ``TopKEvaluator``), in a subprocess with the same threads; its ``EvalDataLoader``, built once
+  per run, is not timed.
 
 Ours and the floor run ``--repeats`` times each, interleaved, before and after the MMRec job; reported are
 medians with min and max. The floor's metrics must equal ours (to 1e-6: ours come back in float32), and
@@ -45,7 +46,7 @@ from mmrec_lightning.metrics import METRICS, RankingMetrics
 
 TOP_K = (10, 20, 50)
 TARGET = 1.05  # ours / floor
-FLOOR_BLOCKS = (512, 1024, 2048, 4096)
+FLOOR_BLOCKS = (128, 256, 512, 1024, 4096)
 MMREC_METRICS = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "map": "MAP"}
 
 
@@ -165,9 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--random-users", type=int, default=19445, help="users of the random split (no --data)")
     parser.add_argument("--random-items", type=int, default=7050, help="items of the random split (no --data)")
     parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=4096, help="users per batch, ours and MMRec's")
+    parser.add_argument("--batch-size", type=int, default=512, help="users per batch, ours (the package's default)")
+    parser.add_argument("--mmrec-batch-size", type=int, default=4096, help="users per batch, MMRec's (its default)")
     parser.add_argument("--floor-blocks", type=int, nargs="+", default=list(FLOOR_BLOCKS))
-    parser.add_argument("--repeats", type=int, default=5, help="evaluations of each side, half before MMRec's")
+    parser.add_argument("--repeats", type=int, default=6, help="evaluations of each side, half before MMRec's")
     parser.add_argument("--threads", type=int, default=None, help="torch threads, all sides (default: torch's)")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "eval_speed.json"))
     args = parser.parse_args(argv)
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
             peer = MMRecPeer(args.mmrec, write_mmrec_data(args.data, Path(tmp) / "mmrec"), torch.get_num_threads(),
                              args.mmrec_python)  # fmt: skip
             settings = {"topk": list(TOP_K), "metrics": list(MMREC_METRICS.values()), "eval_batch_size":
-                        args.batch_size, "embedding_size": args.dim, "reg_weight": 1e-4, "seed": 0,
+                        args.mmrec_batch_size, "embedding_size": args.dim, "reg_weight": 1e-4, "seed": 0,
                         "save_recommended_topk": False}  # fmt: skip
             mmrec = peer.evaluate(vectors, args.repeats, settings)
             mmrec["peer"] = peer.describe()
@@ -224,6 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         "items": num_items,
         "dim": args.dim,
         "batch_size": args.batch_size,
+        "mmrec_batch_size": args.mmrec_batch_size if args.mmrec else None,
         "repeats": args.repeats,
         "machine": info,
         "included": "everything from the split's CSR arrays and the vectors to the metrics: batch building, "

@@ -43,7 +43,7 @@ from mmrec_lightning.evaluation import rank_items
 TOP_K = 50
 MB = 2**20
 TARGET = 1.5  # ours / floor
-FLOOR_SETTINGS = ((512, 1 << 16, 32), (512, 1 << 16, 0), (1024, 1 << 16, 32))  # user block, item chunk, group
+FLOOR_SETTINGS = ((512, 1 << 16, 32), (512, 1 << 17, 32), (512, 1 << 16, 64), (512, 1 << 16, 0))  # users, items, group
 
 
 def memory_kb(field: str) -> int:
