@@ -193,8 +193,11 @@ def test_projecting_a_batch_of_items_gives_the_gradients_of_plain_indexing_even_
     assert grad.dtype == torch.float32
 
 
-def test_bfloat16_features_take_half_the_memory_and_project_to_about_the_float32_result(tmp_path):
+def test_bfloat16_features_take_half_the_memory_and_project_to_about_the_float32_result(tmp_path, monkeypatch):
+    from mmrec_lightning.features import encoder
     from mmrec_lightning.models.content import project
+
+    monkeypatch.setattr(encoder, "cpu_bfloat16_is_fast", lambda: True)  # as on a CPU with bfloat16 instructions
 
     generator = torch.Generator().manual_seed(0)
     path = str(save_features(tmp_path / "f.npy", torch.randn(60, 32, generator=generator).numpy()))
