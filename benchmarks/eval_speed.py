@@ -6,7 +6,7 @@ with ``--mmrec DIR``, against MMRec's own evaluation, all measured in the same r
 Each side is timed as one whole evaluation, from the split's arrays and the vectors to the metrics, batch
 building included:
 
-- ours: the harness's evaluation path as the validation loop runs it — ``EvalUsers`` items and
+- ours: the harness's evaluation path as the validation loop runs it — ``EvalUsers`` batches and
   ``collate_eval_users`` (each user's training items to mask and test items to find), the user vectors looked
   up, ``rank_items`` (scores, mask, top-k), ``hits_of``, ``RankingMetrics`` (Recall, NDCG, Precision, MAP, Hit
   at 10, 20, 50), ``--batch-size`` users per batch (512, ``data.eval_batch_size``'s default);
@@ -73,7 +73,7 @@ def ours(user_vectors, items, train: SplitIndex, test: SplitIndex, batch_size: i
     users = EvalUsers(train, test, history_length=0)
     metric = RankingMetrics(TOP_K)
     for lo in range(0, len(users), batch_size):
-        batch = collate_eval_users([users[i] for i in range(lo, min(lo + batch_size, len(users)))])
+        batch = collate_eval_users(users.__getitems__(list(range(lo, min(lo + batch_size, len(users))))))
         vectors = user_vectors[batch["users"]]
         _, top = rank_items(vectors, items, batch["exclude_rows"], batch["exclude_items"], max(TOP_K))
         num_relevant = torch.bincount(batch["target_rows"], minlength=len(vectors))

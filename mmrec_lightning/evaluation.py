@@ -17,8 +17,6 @@ the cold target items apart (:func:`target_groups`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -44,6 +42,10 @@ def target_groups(
     return groups
 
 
+GROUP = 32
+"""Columns per group in :func:`_chunk_top`."""
+
+
 def rank_items(
     users: torch.Tensor,
     items: torch.Tensor,
@@ -53,24 +55,40 @@ def rank_items(
     chunk_size: int = 1 << 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` items ``(scores, indices)`` for each user by dot product, never an excluded (row, item)
-    pair. The catalogue is scored ``chunk_size`` items at a time and the per-chunk top-k merged, so memory
-    is bounded by ``users x chunk_size`` whatever the catalogue size."""
-    best_scores = best_items = None
-    for start in range(0, items.shape[0], chunk_size):
-        block = items[start : start + chunk_size]
-        scores = (users @ block.T).float()
-        inside = (exclude_items >= start) & (exclude_items < start + block.shape[0])
-        scores[exclude_rows[inside], exclude_items[inside] - start] = float("-inf")
-        top_scores, top_items = scores.topk(min(k, block.shape[0]), dim=1)
-        del scores  # else the next block's scores are computed while this one is still held
-        top_items = top_items + start
-        if best_scores is not None:
-            top_scores = torch.cat([best_scores, top_scores], dim=1)
-            top_items = torch.cat([best_items, top_items], dim=1)
-            top_scores, order = top_scores.topk(min(k, top_scores.shape[1]), dim=1)
-            top_items = top_items.gather(1, order)
-        best_scores, best_items = top_scores, top_items
-    return best_scores, best_items
+    pair, best first. The catalogue is scored ``chunk_size`` items at a time into one reused buffer (a fresh
+    ``users x chunk_size`` block per chunk would be paged in anew each time) in the vectors' own dtype, each
+    chunk's top-k kept and one ``topk`` taken over them at the end, so memory is bounded by
+    ``users x chunk_size`` whatever the catalogue size."""
+    chunk_size = min(chunk_size, items.shape[0])
+    dtype = torch.promote_types(users.dtype, items.dtype)
+    buffer = torch.empty(users.shape[0] * chunk_size, dtype=dtype, device=users.device)
+    candidate_scores, candidate_items = [], []
+    with torch.autocast(users.device.type, enabled=False):  # ``out=`` products run in the inputs' dtype
+        for start in range(0, items.shape[0], chunk_size):
+            block = items[start : start + chunk_size]
+            scores = buffer[: users.shape[0] * block.shape[0]].view(users.shape[0], block.shape[0])
+            torch.mm(users.to(dtype), block.to(dtype).T, out=scores)
+            inside = (exclude_items >= start) & (exclude_items < start + block.shape[0])
+            scores[exclude_rows[inside], exclude_items[inside] - start] = float("-inf")
+            top_scores, top_items = _chunk_top(scores, k)
+            candidate_scores.append(top_scores.float())
+            candidate_items.append(top_items + start)
+    scores, at = torch.cat(candidate_scores, dim=1).topk(min(k, items.shape[0]), dim=1)
+    return scores, torch.cat(candidate_items, dim=1).gather(1, at)
+
+
+def _chunk_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-``k`` ``(scores, columns)`` of each row, unordered. Over a wide chunk through group maxima: the
+    ``k`` groups of ``GROUP`` columns with the largest maxima hold a row's top ``k``, so ``topk`` runs over the
+    maxima and those groups instead of every score (a third of the time at 65,536 columns)."""
+    rows, columns = scores.shape
+    if columns % GROUP or columns // GROUP < 4 * k:
+        return scores.topk(min(k, columns), dim=1, sorted=False)
+    groups = scores.view(rows, columns // GROUP, GROUP)
+    best = groups.amax(2).topk(k, dim=1, sorted=False).indices
+    candidates = groups.gather(1, best.unsqueeze(2).expand(rows, k, GROUP)).reshape(rows, k * GROUP)
+    values, at = candidates.topk(k, dim=1, sorted=False)
+    return values, best.gather(1, at // GROUP) * GROUP + at % GROUP
 
 
 def hits_of(top_items: torch.Tensor, target_rows: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:
@@ -80,22 +98,23 @@ def hits_of(top_items: torch.Tensor, target_rows: torch.Tensor, target_items: to
     return hits > 0
 
 
-def _pad(rows: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-aligned padding of variable-length index rows; returns (indices, mask), padding index 0."""
-    out = np.zeros((len(rows), max(width, 1)), dtype=np.int64)
-    mask = np.zeros_like(out, dtype=bool)
-    for r, row in enumerate(rows):
-        out[r, : len(row)] = row
-        mask[r, : len(row)] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)
+def _slices(split: SplitIndex, users: np.ndarray, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's interactions in ``split`` (their latest ``last`` only, when given), in time order, as
+    (row of the user in ``users``, index into ``split.items``) — sliced from the CSR arrays without a loop."""
+    ends = split.indptr[users + 1]
+    starts = split.indptr[users] if last is None else np.maximum(split.indptr[users], ends - last)
+    lengths = ends - starts
+    rows = np.repeat(np.arange(len(users)), lengths)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    return rows, offsets
 
 
-def _pairs(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ragged batch as (row, column) coordinate tensors."""
-    lengths = [len(r) for r in rows]
-    row_ids = np.repeat(np.arange(len(rows)), lengths)
-    cols = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
-    return torch.from_numpy(row_ids.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))
+def _pairs(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) coordinate tensors of the parts together, grouped by row, each row's parts in order."""
+    rows = np.concatenate([r for r, _ in parts])
+    items = np.concatenate([i for _, i in parts])
+    order = np.argsort(rows, kind="stable")
+    return torch.from_numpy(rows[order].astype(np.int64)), torch.from_numpy(items[order].astype(np.int64))
 
 
 class EvalUsers(Dataset):
@@ -105,6 +124,9 @@ class EvalUsers(Dataset):
 
     Nothing of the evaluated split reaches the model: the history and the behaviour statistics come from the
     training split alone (:func:`user_statistics`), the same for validation, test and prediction.
+
+    A batch is built at once from the splits' CSR arrays (``__getitems__``, which the ``DataLoader`` calls
+    with a batch's indices): a loop over users in Python would cost as much as ranking them.
     """
 
     def __init__(
@@ -124,34 +146,48 @@ class EvalUsers(Dataset):
     def __len__(self) -> int:
         return len(self.users)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        user = int(self.users[index])
-        seen = self.train.row(user)
-        exclude = seen if self.also_exclude is None else np.concatenate([seen, self.also_exclude.row(user)])
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        """The batch of the one user at ``index``."""
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """The batch of the users at ``indices``: ``users`` ``[B]``; ``history`` ``[B, H]`` (each user's latest
+        ``history_length`` training items, oldest first, left-aligned) with ``history_mask``; ``stats``
+        ``[B, S]``; the (row, item) coordinates of the items to find (``target_rows``, ``target_items``) and
+        to mask (``exclude_rows``, ``exclude_items``)."""
+        users = self.users[np.asarray(indices, dtype=np.int64)]
+        history_rows, history_offsets = _slices(self.train, users, self.history_length)
+        lengths = np.bincount(history_rows, minlength=len(users))
+        history = np.zeros((len(users), max(int(lengths.max(initial=0)), 1)), dtype=np.int64)
+        columns = np.arange(len(history_rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        history[history_rows, columns] = self.train.items[history_offsets]
+        empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+        targets = empty if self.target is None else self._coordinates(self.target, users)
+        excluded = [self._coordinates(self.train, users)]
+        if self.also_exclude is not None:
+            excluded.append(self._coordinates(self.also_exclude, users))
+        target_rows, target_items = _pairs(targets)
+        exclude_rows, exclude_items = _pairs(*excluded)
         return {
-            "user": user,
-            "history": np.asarray(seen[-self.history_length :] if self.history_length else seen[:0], dtype=np.int64),
-            "stats": self._stats[user],
-            "targets": np.asarray(self.target.row(user) if self.target is not None else [], dtype=np.int64),
-            "exclude": np.asarray(exclude, dtype=np.int64),
+            "users": torch.from_numpy(users.astype(np.int64)),
+            "history": torch.from_numpy(history),
+            "history_mask": torch.from_numpy(np.arange(history.shape[1]) < lengths[:, None]),
+            "stats": torch.from_numpy(self._stats[users]),
+            "target_rows": target_rows,
+            "target_items": target_items,
+            "exclude_rows": exclude_rows,
+            "exclude_items": exclude_items,
         }
 
+    @staticmethod
+    def _coordinates(split: SplitIndex, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, offsets = _slices(split, users)
+        return rows, split.items[offsets]
 
-def collate_eval_users(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    histories = [e["history"] for e in examples]
-    history, history_mask = _pad(histories, max(len(h) for h in histories))
-    target_rows, target_items = _pairs([e["targets"] for e in examples])
-    exclude_rows, exclude_items = _pairs([e["exclude"] for e in examples])
-    return {
-        "users": torch.tensor([e["user"] for e in examples], dtype=torch.long),
-        "history": history,
-        "history_mask": history_mask,
-        "stats": torch.from_numpy(np.stack([e["stats"] for e in examples])),
-        "target_rows": target_rows,
-        "target_items": target_items,
-        "exclude_rows": exclude_rows,
-        "exclude_items": exclude_items,
-    }
+
+def collate_eval_users(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The evaluation loader's collate: :meth:`EvalUsers.__getitems__` has built the batch already."""
+    return batch
 
 
 class Catalogue(Dataset):

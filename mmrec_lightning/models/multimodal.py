@@ -25,6 +25,7 @@ from mmrec_lightning.heads import (
 from mmrec_lightning.losses import RecommendationLoss, SampledSoftmaxLoss, TaskWeighting
 from mmrec_lightning.models.base import RecommenderModule, rows
 from mmrec_lightning.towers.content_neighbours import ContentNeighbours
+from mmrec_lightning.towers.ease import EASE
 from mmrec_lightning.towers.item import ItemEncoding, ItemTower
 from mmrec_lightning.towers.sequence import SequenceEncoderFactory, next_item_rows
 from mmrec_lightning.towers.user import UserTower
@@ -67,6 +68,9 @@ class MultimodalRecommender(RecommenderModule):
         content_neighbours: the "neighbours" modality: the mean ID embedding of each item's nearest trained
             items by content (``ContentNeighbours``; needs ``use_item_id`` and precomputed features), which
             gives cold items a collaborative vector; or none.
+        item_item: a closed-form item–item term added to the towers' score (``EASE``: each of the user's known
+            items votes for the items that co-occur with it, learned weight), which the towers then complement;
+            or none. Catalogues up to ``EASE.max_items``; not with a ``sequence_encoder``.
         modality_dropout: training-time probability of hiding each available modality of an item.
         cache_frozen_features: keep each frozen encoder's output per item in memory after first use.
         sequence_encoder: a sequential user encoder (``class_path`` of a ``SequenceEncoder``; the model supplies
@@ -111,6 +115,7 @@ class MultimodalRecommender(RecommenderModule):
         rating_weight: float = 0.1,
         loss_weighting: Literal["fixed", "uncertainty"] = "fixed",
         content_neighbours: ContentNeighbours | None = None,
+        item_item: EASE | None = None,
         modality_dropout: float = 0.5,
         cache_frozen_features: bool = True,
         sequence_encoder: SequenceEncoderFactory | None = None,
@@ -139,6 +144,11 @@ class MultimodalRecommender(RecommenderModule):
         if self.sequence_encoder is not None and kwargs.get("loss") is None:
             # a row per position of each history: in-batch candidates would be (B·L)², so sampled negatives only
             self.loss = SampledSoftmaxLoss(temperature=0.1, in_batch=False)
+        if item_item is not None and self.sequence_encoder is not None:
+            raise ConfigurationError(
+                "model.item_item scores a user's whole history: it cannot go with a sequence_encoder"
+            )
+        self.item_item = item_item
         self.user_tower = (
             UserTower(self.num_users, vector_dim, dropout=dropout, use_id=use_user_id)
             if self.sequence_encoder is None
@@ -204,6 +214,8 @@ class MultimodalRecommender(RecommenderModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         self.item_tower.build_neighbours(torch.as_tensor(self.data_facts.item_train_counts > 0, device=self.device))
+        if self.item_item is not None:
+            self.item_item.build(self.data_facts.train, self.num_items, self.item_tower.neighbours)
         if stage == "fit" and self.rating_head is not None and self.data_facts.train.ratings is None:
             raise ConfigurationError("model.rating_head: the training interactions of this dataset have no ratings")
 
@@ -234,8 +246,13 @@ class MultimodalRecommender(RecommenderModule):
         encoded = self._encode(items)
         vectors, ids = encoded.vectors, items["item_ids"]
         user, positives, negatives = self._training_rows(batch, vectors)
-        rec_loss = self.loss(user, rows(vectors, positives), rows(vectors, negatives), ids[positives], ids[negatives])
+        extra = None if self.item_item is None else self.item_item.training_scores(batch["users"])
+        rec_loss = self.loss(
+            user, rows(vectors, positives), rows(vectors, negatives), ids[positives], ids[negatives], extra
+        )
         size = len(user)
+        if self.item_item is not None:
+            self.log("train/item_item_weight", self.item_item.weight, batch_size=size)
         self.log("train/rec_loss", rec_loss, prog_bar=True, batch_size=size)
         loss = rec_loss
         if self.task_weighting is not None:
@@ -290,9 +307,15 @@ class MultimodalRecommender(RecommenderModule):
 
     # --- evaluation ----------------------------------------------------------------------------------
 
+    def _scoring_vectors(self, encoded: ItemEncoding, item_ids: torch.Tensor) -> torch.Tensor:
+        """The item vectors users are scored against: the tower's, and the ``item_item`` block after it."""
+        if self.item_item is None:
+            return encoded.vectors
+        return torch.cat([encoded.vectors.float(), self.item_item.item_block(item_ids)], dim=1)
+
     def encode_items(self, items: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         encoded = self._encode(items)
-        return {"vectors": encoded.vectors, "modality_weights": encoded.weights}
+        return {"vectors": self._scoring_vectors(encoded, items["item_ids"]), "modality_weights": encoded.weights}
 
     @torch.no_grad()
     def encode_new_items(self, images: Sequence[Image.Image | None], texts: Sequence[str | None]) -> torch.Tensor:
@@ -303,11 +326,17 @@ class MultimodalRecommender(RecommenderModule):
         self.eval()
         try:
             batch = content_batch(images, texts, self.item_preprocessing())
-            return self._encode({name: value.to(self.device) for name, value in batch.items()}).vectors
+            batch = {name: value.to(self.device) for name, value in batch.items()}
+            return self._scoring_vectors(self._encode(batch), batch["item_ids"])
         finally:
             self.train(training)
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
         if self.sequence_encoder is not None:
             return self._scored(self.sequence_encoder.last(item_table[batch["history"]], batch["history_mask"]))
-        return self._user(batch, item_table[batch["history"]])
+        if self.item_item is None:
+            return self._user(batch, item_table[batch["history"]])
+        tower = item_table[:, : -self.num_items]
+        user = self._user(batch, tower[batch["history"]]).float()
+        known = self.item_item.user_block(batch["exclude_rows"], batch["exclude_items"], len(user))
+        return torch.cat([user, known], dim=1)
