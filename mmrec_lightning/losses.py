@@ -16,11 +16,9 @@ class RecommendationLoss(nn.Module):
         negatives: torch.Tensor,
         positive_ids: torch.Tensor,
         negative_ids: torch.Tensor | None = None,
-        extra_scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``user`` and ``positive`` ``[B, D]``, ``negatives`` ``[B, N, D]``; the item ids ``positive_ids``
-        ``[B]`` and ``negative_ids`` ``[B, N]``; ``extra_scores`` ``[B, items]``, a score each row adds to
-        every item's dot product (a model's score term outside its vectors, e.g. ``EASE``), or None."""
+        ``[B]`` and ``negative_ids`` ``[B, N]``."""
         raise NotImplementedError
 
     def set_item_counts(self, counts: torch.Tensor) -> None:
@@ -28,31 +26,18 @@ class RecommendationLoss(nn.Module):
         that correct for popularity use it."""
 
 
-def _extra(scores: torch.Tensor, extra_scores: torch.Tensor | None, ids: torch.Tensor | None) -> torch.Tensor:
-    """``scores`` ``[B, K]`` of the items ``ids`` ``[B, K]`` plus each row's ``extra_scores`` for them."""
-    return scores if extra_scores is None else scores + extra_scores.float().gather(1, ids)
-
-
-def _scores(
-    user: torch.Tensor,
-    positive: torch.Tensor,
-    negatives: torch.Tensor,
-    positive_ids: torch.Tensor,
-    negative_ids: torch.Tensor | None,
-    extra_scores: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _scores(user: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(s⁺ ``[B, 1]``, s⁻ ``[B, N]``) in float32."""
     user, positive, negatives = user.float(), positive.float(), negatives.float()
     # vecdot rather than einsum: on CPU einsum's batched product of 1-row matrices is 4-10x slower
-    pos = _extra(torch.linalg.vecdot(user, positive).unsqueeze(-1), extra_scores, positive_ids.unsqueeze(1))
-    return pos, _extra(torch.linalg.vecdot(user.unsqueeze(1), negatives), extra_scores, negative_ids)
+    return torch.linalg.vecdot(user, positive).unsqueeze(-1), torch.linalg.vecdot(user.unsqueeze(1), negatives)
 
 
 class BPRLoss(RecommendationLoss):
     """Bayesian personalised ranking: mean of −log σ(s⁺ − s⁻) over every (positive, sampled negative) pair."""
 
-    def forward(self, user, positive, negatives, positive_ids, negative_ids=None, extra_scores=None):
-        pos, neg = _scores(user, positive, negatives, positive_ids, negative_ids, extra_scores)
+    def forward(self, user, positive, negatives, positive_ids, negative_ids=None):
+        pos, neg = _scores(user, positive, negatives)
         return -F.logsigmoid(pos - neg).mean()
 
 
@@ -60,8 +45,8 @@ class BCELoss(RecommendationLoss):
     """Binary cross-entropy on the scores: the positive labelled 1 and each sampled negative 0, averaged
     over all B·(1 + N) labels."""
 
-    def forward(self, user, positive, negatives, positive_ids, negative_ids=None, extra_scores=None):
-        logits = torch.cat(_scores(user, positive, negatives, positive_ids, negative_ids, extra_scores), dim=1)
+    def forward(self, user, positive, negatives, positive_ids, negative_ids=None):
+        logits = torch.cat(_scores(user, positive, negatives), dim=1)
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
         return F.binary_cross_entropy_with_logits(logits, labels)
@@ -104,15 +89,14 @@ class SampledSoftmaxLoss(RecommendationLoss):
         counts = self.item_counts
         return torch.log(batch_size * counts[ids] / counts.sum() + num_negatives / self._sampled_items)
 
-    def logits(self, user, positive, negatives, positive_ids, negative_ids=None, extra_scores=None) -> torch.Tensor:
+    def logits(self, user, positive, negatives, positive_ids, negative_ids=None) -> torch.Tensor:
         """``[B, B + N]``: the in-batch candidates (column b is row b's positive), then the row's negatives;
         without ``in_batch``, ``[B, 1 + N]``: the row's positive, then its negatives."""
         user, positive, negatives = user.float(), positive.float(), negatives.float()
-        sampled = _extra(torch.einsum("bd,bnd->bn", user, negatives), extra_scores, negative_ids)
+        sampled = torch.einsum("bd,bnd->bn", user, negatives)
         if not self.in_batch:
-            own = _extra(torch.linalg.vecdot(user, positive).unsqueeze(1), extra_scores, positive_ids.unsqueeze(1))
-            return torch.cat([own, sampled], dim=1) / self.temperature
-        in_batch = _extra(user @ positive.T, extra_scores, positive_ids.expand(len(user), -1))
+            return torch.cat([torch.linalg.vecdot(user, positive).unsqueeze(1), sampled], dim=1) / self.temperature
+        in_batch = user @ positive.T
         same_item = positive_ids.unsqueeze(0) == positive_ids.unsqueeze(1)
         in_batch = in_batch.masked_fill(
             same_item & ~torch.eye(len(user), dtype=torch.bool, device=user.device), float("-inf")
@@ -135,8 +119,8 @@ class SampledSoftmaxLoss(RecommendationLoss):
         )
         return logits - log_q
 
-    def forward(self, user, positive, negatives, positive_ids, negative_ids=None, extra_scores=None):
-        logits = self.logits(user, positive, negatives, positive_ids, negative_ids, extra_scores)
+    def forward(self, user, positive, negatives, positive_ids, negative_ids=None):
+        logits = self.logits(user, positive, negatives, positive_ids, negative_ids)
         targets = torch.arange(len(user), device=logits.device) if self.in_batch else logits.new_zeros(len(user))
         return F.cross_entropy(logits, targets.long())
 

@@ -1,13 +1,17 @@
-"""The EASE item–item term: its closed form, the scores training adds to the logits, and the dot-product
-blocks evaluation, export and serving score with."""
+"""The EASE item–item term: its closed form, the dot-product blocks evaluation, export and serving score with,
+and its weight chosen on validation."""
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SPEC
 
+from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import SplitIndex
+from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.errors import ConfigurationError
-from mmrec_lightning.losses import BCELoss, BPRLoss, SampledSoftmaxLoss
+from mmrec_lightning.models import MultimodalRecommender
 from mmrec_lightning.towers.content_neighbours import ContentNeighbours
 from mmrec_lightning.towers.ease import EASE
 
@@ -45,19 +49,15 @@ def test_the_matrix_is_the_closed_form_with_a_zero_diagonal():
     assert torch.all(ease.matrix[:, 2] == 0)  # an item without training interactions gets no votes
 
 
-def test_training_scores_and_the_evaluation_blocks_agree_with_the_reference():
-    ease = EASE(l2=2.0, weight=0.5)
+def test_the_dot_product_of_the_blocks_is_the_weighted_reference_score():
+    ease = EASE(l2=2.0, weights=[0.5])
     ease.build(_split(ROWS), NUM_ITEMS)
-    users = torch.tensor([4, 0, 4, 2])
-    expected = 0.5 * _multi_hot(ROWS)[users.numpy()] @ _reference(2.0)
-    np.testing.assert_allclose(ease.training_scores(users).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
-    # evaluation: (weight · multi-hot of the known items) · B[:, i], a plain dot product
-    rows = torch.tensor([r for r, u in enumerate(users.tolist()) for _ in ROWS[u]])
-    items = torch.tensor([i for u in users.tolist() for i in ROWS[u]])
-    user_block = ease.user_block(rows, items, len(users))
-    item_block = ease.item_block(torch.arange(NUM_ITEMS))
-    np.testing.assert_allclose((user_block @ item_block.T).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert torch.all(ease.item_block(torch.tensor([-1])) == 0)  # an item outside the catalogue
+    users = [4, 0, 2]
+    rows = torch.tensor([r for r, u in enumerate(users) for _ in ROWS[u]])
+    items = torch.tensor([i for u in users for i in ROWS[u]])
+    scores = ease.user_block(rows, items, len(users)) @ ease.item_block(torch.arange(NUM_ITEMS)).T
+    expected = 0.5 * _multi_hot(ROWS)[users] @ _reference(2.0)
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_an_untrained_item_takes_the_mean_column_of_its_content_neighbours():
@@ -77,20 +77,39 @@ def test_a_catalogue_above_max_items_is_refused_with_the_option_to_change():
         EASE(max_items=4).build(_split(ROWS), NUM_ITEMS)
 
 
-@pytest.mark.parametrize(
-    "loss", [BPRLoss(), BCELoss(), SampledSoftmaxLoss(), SampledSoftmaxLoss(in_batch=False)], ids=repr
-)
-def test_extra_scores_are_what_a_dot_product_with_a_one_hot_block_would_add(loss):
-    generator = torch.Generator().manual_seed(0)
-    batch, negatives, dim = 4, 3, 6
-    user = torch.randn(batch, dim, generator=generator)
-    items = torch.randn(NUM_ITEMS, dim, generator=generator)
-    positive_ids = torch.tensor([0, 1, 3, 4])
-    negative_ids = torch.randint(0, NUM_ITEMS, (batch, negatives), generator=generator)
-    extra = torch.randn(batch, NUM_ITEMS, generator=generator)
-    with_extra = loss(user, items[positive_ids], items[negative_ids], positive_ids, negative_ids, extra)
-    wide_user, wide_items = torch.cat([user, extra], 1), torch.cat([items, torch.eye(NUM_ITEMS)], 1)
-    wide = loss(wide_user, wide_items[positive_ids], wide_items[negative_ids], positive_ids, negative_ids)
-    torch.testing.assert_close(with_extra, wide)
-    plain = loss(user, items[positive_ids], items[negative_ids], positive_ids, negative_ids)
-    assert not torch.allclose(with_extra, plain)
+def _validated(synthetic_dir, weights: list[float]) -> dict[str, float]:
+    """Validation metrics of the same (seeded, untrained) model with an EASE term of these candidate weights."""
+    torch.manual_seed(0)
+    model = MultimodalRecommender(
+        num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5, 20],
+        item_item=EASE(l2=5.0, weights=weights, select_by="recall@20"),
+    )  # fmt: skip
+    data = RecDataModule(path=str(synthetic_dir), batch_size=32, history_length=3)
+    connect(model, data)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return trainer.validate(model, datamodule=data, verbose=False)[-1]
+
+
+def test_validation_keeps_the_candidate_weight_that_ranks_best(synthetic_dir):
+    alone = {weight: _validated(synthetic_dir, [weight]) for weight in (0.0, 0.3, 30.0)}
+    chosen = _validated(synthetic_dir, [0.0, 0.3, 30.0])
+    best = max(alone, key=lambda weight: alone[weight]["val/recall@20"])
+    assert chosen["val/item_item_weight"] == best
+    for name in ("val/recall@20", "val/ndcg@20", "val/hit@5"):
+        assert chosen[name] == pytest.approx(alone[best][name], abs=1e-6)
+    assert len({round(result["val/recall@20"], 6) for result in alone.values()}) > 1  # the weights do differ
+
+
+def test_item_vectors_carry_their_column_and_a_new_item_a_zero_block(synthetic_dir):
+    torch.manual_seed(0)
+    model = MultimodalRecommender(
+        num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5, 20], item_item=EASE(l2=5.0)
+    )
+    connect(model, RecDataModule(path=str(synthetic_dir), batch_size=32, history_length=3))
+    model.setup("predict")
+    model.eval()
+    items = {"item_ids": torch.tensor([3, -1]), "id_mask": torch.tensor([True, False])}
+    vectors = model.encode_items(items)["vectors"]
+    assert vectors.shape == (2, 8 + TINY_SPEC.items)
+    torch.testing.assert_close(vectors[0, 8:], model.item_item.matrix[:, 3])
+    assert torch.all(vectors[1, 8:] == 0)

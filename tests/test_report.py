@@ -158,8 +158,8 @@ def best_model_ranking(best: str, data_path: Path, users: list[int]) -> tuple[np
         order = torch.cat([ids for ids, _ in encoded]).argsort()
         table = torch.cat([outputs["vectors"] for _, outputs in encoded])[order]
         weights = torch.cat([outputs["modality_weights"] for _, outputs in encoded])[order]
-        examples = [test_users[int(np.flatnonzero(test_users.users == user)[0])] for user in users]
-        batch = data.test_dataloader()[USERS].collate_fn(examples)
+        indices = [int(np.flatnonzero(test_users.users == user)[0]) for user in users]
+        batch = data.test_dataloader()[USERS].collate_fn(test_users.__getitems__(indices))
         vectors = model.encode_users(batch, table)
         _, top = rank_items(vectors, table, batch["exclude_rows"], batch["exclude_items"], TOP_K)
     return top.numpy(), weights[top].numpy()

@@ -1,13 +1,18 @@
 """The hyper-parameter sweep: Optuna over dotted config keys, chosen on validation, tested once."""
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
 import pytest
 import yaml
+from lightning.pytorch.loggers import WandbLogger
 
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.tuning import sweep
@@ -19,8 +24,8 @@ SPACE = {
 }
 
 
-@pytest.fixture
-def files(tmp_path, synthetic_dir):
+def write_files(folder: Path, synthetic_dir: Path) -> Path:
+    """A tiny config to tune (two epochs of matrix factorisation on the synthetic data) and its space."""
     config = {
         "trainer": {
             "accelerator": "cpu", "max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False,
@@ -30,12 +35,24 @@ def files(tmp_path, synthetic_dir):
                   "init_args": {"top_k": [5, 20], "optimizer": {"class_path": "torch.optim.Adam"}}},
         "data": {"path": str(synthetic_dir), "batch_size": 256, "history_length": 0},
     }  # fmt: skip
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    return tmp_path
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    return folder
 
 
-def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choosing(files, monkeypatch):
+@pytest.fixture
+def files(tmp_path, synthetic_dir):
+    return write_files(tmp_path, synthetic_dir)
+
+
+SWEPT = ["--trials", "4", "--seeds", "0", "1", "--top", "2", "--startup_trials", "10"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, synthetic_dir):
+    """One tiny sweep (``SWEPT``), run once for the tests of what it leaves: its input files, its folder and the
+    commands it ran, in order."""
+    files = write_files(tmp_path_factory.mktemp("swept"), synthetic_dir)
     commands = []
 
     class Recorded(sweep.RecommenderCLI):
@@ -43,10 +60,27 @@ def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choos
             commands.append("resolve" if "--print_config" in args else args[0])
             super().__init__(args=args, **kwargs)
 
-    monkeypatch.setattr(sweep, "RecommenderCLI", Recorded)
     output = files / "sweep"
-    sweep.main(["--config", str(files / "config.yaml"), "--space", str(files / "space.yaml"), "--trials", "4",
-                "--seeds", "0", "1", "--top", "2", "--output", str(output), "--startup_trials", "10"])  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "RecommenderCLI", Recorded)
+        sweep.main(["--config", str(files / "config.yaml"), "--space", str(files / "space.yaml"),
+                    "--output", str(output), *SWEPT])  # fmt: skip
+    return files, output, commands
+
+
+def plotted(html: str) -> dict:
+    """The validation curves a sweep report plots, as it embeds them: panel, then run, then epochs and values."""
+    return json.loads(re.search(r"<script type='application/json' id='validation-curves'>(.*?)</script>", html)[1])
+
+
+def logged(run_dir: Path, metric: str = "val/recall@20") -> dict:
+    """A run's validation curve as its CSV logger wrote it."""
+    rows = pd.read_csv(run_dir / "metrics.csv")[["epoch", metric]].dropna()
+    return {"epoch": rows["epoch"].tolist(), "value": rows[metric].tolist()}
+
+
+def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choosing(swept):
+    _, output, commands = swept
     assert commands[0] == "resolve"  # the config read as fit reads it, includes and defaults resolved
     assert commands[1:-1] == ["fit"] * (len(commands) - 2) and commands[-1] == "test"  # the test split: last, once
     assert len(commands) == 1 + 4 + 2 + 1  # four trials, the top two again under the second seed, one test
@@ -61,6 +95,94 @@ def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choos
     )
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{output / 'sweep.db'}")
     assert len(study.trials) == 4  # stored: a second run of the same command trains no new trial
+
+
+def test_the_sweep_report_plots_each_runs_validation_curve_as_its_csv_logger_wrote_it(swept):
+    _, output, _ = swept
+    html = (output / "report.html").read_text()
+    curves = plotted(html)
+    reruns = pd.read_csv(output / "reruns.csv")
+    winner = reruns.groupby("trial")["value"].mean().idxmax()
+    assert sorted(curves["every trial"]) == [f"trial {number}" for number in range(4)]  # one line per trial
+    assert sorted(curves["the top trials under each seed"]) == sorted(
+        f"trial {row.trial} seed {row.seed}" for row in reruns.itertuples()
+    )
+    for number in range(4):
+        assert curves["every trial"][f"trial {number}"] == logged(output / "trials" / f"trial-{number}")
+    assert len(curves["every trial"][f"trial {winner}"]["epoch"]) == 2  # the winner's test left its curve whole
+    assert curves["the top trials under each seed"][f"trial {winner} seed 1"] == logged(
+        output / "reruns" / f"trial-{winner}-seed-1"
+    )
+    assert "alt='Validation curves'" in html
+    rows = re.findall(r"<tr data-trial='(\d+)'><(td[^>]*)>\d+</td><td[^>]*>(\w+)</td>", html)
+    assert sorted(rows) == [(str(n), "td class=best" if n == winner else "td", "complete") for n in range(4)]
+    assert (output / "test" / "test_metrics.json").is_file() and "Recall@20" in html  # the winner's test
+    assert not list((output / "trials").glob("*/test_metrics.json"))
+
+
+def test_report_only_writes_the_report_again_without_training(swept, tmp_path, monkeypatch):
+    files, output, _ = swept
+    copy = shutil.copytree(output, tmp_path / "sweep")  # the study's name is its folder's
+    (copy / "report.html").unlink()
+
+    def refused(*args, **kwargs):
+        raise AssertionError("--report_only trains or tests nothing")
+
+    monkeypatch.setattr(sweep, "train", refused)
+    monkeypatch.setattr(sweep, "test_winner", refused)
+    sweep.main(["--config", str(files / "config.yaml"), "--space", str(files / "space.yaml"),
+                "--output", str(copy), *SWEPT, "--report_only"])  # fmt: skip
+    assert plotted((copy / "report.html").read_text()) == plotted((output / "report.html").read_text())
+    with pytest.raises(ConfigurationError, match="no such folder"):
+        sweep.main(["--config", str(files / "config.yaml"), "--space", str(files / "space.yaml"),
+                    "--output", str(tmp_path / "none"), *SWEPT, "--report_only"])  # fmt: skip
+
+
+def test_a_pruned_trial_shows_its_curve_up_to_where_it_stopped(tmp_path):
+    study = optuna.create_study(study_name="partial", direction="maximize")
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions=lr, value=0.5))
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 0.001}, distributions=lr, state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 0.1}
+        )
+    )
+    for number, values in ((0, [0.3, 0.5, 0.4]), (1, [0.1])):
+        sweep.trial_dir(tmp_path, number).mkdir(parents=True)
+        epochs = [epoch for epoch in range(len(values)) for _ in range(2)]
+        recall = [value for value in values for value in (float("nan"), value)]  # a training row, then validation
+        pd.DataFrame({"epoch": epochs, "train/loss": 1.0, "val/recall@20": recall}).to_csv(
+            sweep.trial_dir(tmp_path, number) / "metrics.csv", index=False
+        )
+    html = sweep.write_report(study, tmp_path, "val/recall@20").read_text()
+    curves = plotted(html)["every trial"]
+    assert curves == {
+        "trial 0": {"epoch": [0, 1, 2], "value": [0.3, 0.5, 0.4]},
+        "trial 1": {"epoch": [0], "value": [0.1]},
+    }
+    assert "<tr data-trial='1'><td>1</td><td>pruned</td><td>0.1</td>" in html  # its best value: what the pruner saw
+    assert "not chosen yet" in html and "alt='Validation curves'" in html
+
+
+def test_each_run_of_a_sweep_is_its_own_wandb_run_also_after_a_pruned_one(tmp_path, monkeypatch):
+    names = []
+
+    class Fit:
+        """Starts the W&B run its config's WandbLogger would, then is pruned (the first) or keeps a checkpoint."""
+
+        def __init__(self, args, **kwargs):
+            config = yaml.safe_load(Path(args[args.index("--config") + 1]).read_text())
+            names.append(WandbLogger(**config["trainer"]["logger"][1]["init_args"]).experiment.name)
+            if len(names) == 1:
+                raise optuna.TrialPruned()
+            kept = SimpleNamespace(best_model_score=0.5, best_model_path="best.ckpt")
+            self.trainer = SimpleNamespace(checkpoint_callback=kept)
+
+    monkeypatch.setattr(sweep, "RecommenderCLI", Fit)
+    with pytest.raises(optuna.TrialPruned):
+        sweep.train({}, tmp_path / "trial-0", seed=0, wandb_group="study")
+    sweep.train({}, tmp_path / "trial-1", seed=0, wandb_group="study")
+    assert names == ["trial-0", "trial-1"]  # Lightning leaves a run open: the second would log into the first
 
 
 @pytest.mark.slow

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from PIL import Image
+from torch import nn
 
 from mmrec_lightning.data.contract import ItemPreprocessing
 from mmrec_lightning.data.items import content_batch
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.evaluation import CATALOGUE
 from mmrec_lightning.features.encoder import ItemFeatures
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
 from mmrec_lightning.heads import (
@@ -23,6 +25,7 @@ from mmrec_lightning.heads import (
     RatingHeadFactory,
 )
 from mmrec_lightning.losses import RecommendationLoss, SampledSoftmaxLoss, TaskWeighting
+from mmrec_lightning.metrics import RankingMetrics
 from mmrec_lightning.models.base import RecommenderModule, rows
 from mmrec_lightning.towers.content_neighbours import ContentNeighbours
 from mmrec_lightning.towers.ease import EASE
@@ -69,8 +72,8 @@ class MultimodalRecommender(RecommenderModule):
             items by content (``ContentNeighbours``; needs ``use_item_id`` and precomputed features), which
             gives cold items a collaborative vector; or none.
         item_item: a closed-form item–item term added to the towers' score (``EASE``: each of the user's known
-            items votes for the items that co-occur with it, learned weight), which the towers then complement;
-            or none. Catalogues up to ``EASE.max_items``; not with a ``sequence_encoder``.
+            items votes for the items that co-occur with it; its weight chosen on validation), or none.
+            Catalogues up to ``EASE.max_items``; not with a ``sequence_encoder``.
         modality_dropout: training-time probability of hiding each available modality of an item.
         cache_frozen_features: keep each frozen encoder's output per item in memory after first use.
         sequence_encoder: a sequential user encoder (``class_path`` of a ``SequenceEncoder``; the model supplies
@@ -149,6 +152,13 @@ class MultimodalRecommender(RecommenderModule):
                 "model.item_item scores a user's whole history: it cannot go with a sequence_encoder"
             )
         self.item_item = item_item
+        if item_item is not None:
+            if item_item.select_by not in self.val_metrics.names:
+                raise ConfigurationError(
+                    f"model.item_item.select_by: {item_item.select_by!r} is not a validation metric; one of "
+                    f"{self.val_metrics.names}"
+                )
+            self.item_item_metrics = nn.ModuleList(RankingMetrics(self.hparams.top_k) for _ in item_item.weights)
         self.user_tower = (
             UserTower(self.num_users, vector_dim, dropout=dropout, use_id=use_user_id)
             if self.sequence_encoder is None
@@ -246,13 +256,8 @@ class MultimodalRecommender(RecommenderModule):
         encoded = self._encode(items)
         vectors, ids = encoded.vectors, items["item_ids"]
         user, positives, negatives = self._training_rows(batch, vectors)
-        extra = None if self.item_item is None else self.item_item.training_scores(batch["users"])
-        rec_loss = self.loss(
-            user, rows(vectors, positives), rows(vectors, negatives), ids[positives], ids[negatives], extra
-        )
+        rec_loss = self.loss(user, rows(vectors, positives), rows(vectors, negatives), ids[positives], ids[negatives])
         size = len(user)
-        if self.item_item is not None:
-            self.log("train/item_item_weight", self.item_item.weight, batch_size=size)
         self.log("train/rec_loss", rec_loss, prog_bar=True, batch_size=size)
         loss = rec_loss
         if self.task_weighting is not None:
@@ -308,10 +313,15 @@ class MultimodalRecommender(RecommenderModule):
     # --- evaluation ----------------------------------------------------------------------------------
 
     def _scoring_vectors(self, encoded: ItemEncoding, item_ids: torch.Tensor) -> torch.Tensor:
-        """The item vectors users are scored against: the tower's, and the ``item_item`` block after it."""
+        """The item vectors users are scored against: the tower's, and the ``item_item`` block after it (zero
+        for a new item, id -1: no user's history votes for it)."""
         if self.item_item is None:
             return encoded.vectors
-        return torch.cat([encoded.vectors.float(), self.item_item.item_block(item_ids)], dim=1)
+        known = item_ids >= 0
+        block = encoded.vectors.new_zeros(len(item_ids), self.num_items, dtype=torch.float32)
+        if bool(known.any()):
+            block[known] = self.item_item.item_block(item_ids[known])
+        return torch.cat([encoded.vectors.float(), block], dim=1)
 
     def encode_items(self, items: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         encoded = self._encode(items)
@@ -330,6 +340,30 @@ class MultimodalRecommender(RecommenderModule):
             return self._scoring_vectors(self._encode(batch), batch["item_ids"])
         finally:
             self.train(training)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """With ``item_item``, the users are ranked under each of its candidate weights, one metric each."""
+        if self.item_item is None or dataloader_idx == CATALOGUE:
+            return super().validation_step(batch, batch_idx, dataloader_idx)
+        for weight, metrics in zip(self.item_item.weights, self.item_item_metrics, strict=True):
+            self.item_item.weight.fill_(weight)
+            self._evaluation_step(batch, dataloader_idx, metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        """With ``item_item``, keep the weight whose ranking is best by its ``select_by`` (reduced over ranks, so
+        every rank keeps the same) and log that ranking's metrics as the validation metrics."""
+        if self.item_item is None:
+            return super().on_validation_epoch_end()
+        computed = [metrics.compute() for metrics in self.item_item_metrics]
+        if computed[0]["users"] > 0:
+            best = int(torch.stack([values[self.item_item.select_by] for values in computed]).argmax())
+            self.item_item.weight.fill_(self.item_item.weights[best])
+            self.log("val/item_item_weight", self.item_item.weight)
+            self._log_metrics(self.item_item_metrics[best], "val")
+        for metrics in self.item_item_metrics:
+            metrics.reset()
+        self._log_item_outputs("val")
+        self._reset_catalogue()
 
     def encode_users(self, batch: dict[str, torch.Tensor], item_table: torch.Tensor) -> torch.Tensor:
         if self.sequence_encoder is not None:

@@ -5,7 +5,6 @@ catalogue. Computed with the trained model on the evaluation path, from the load
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import islice
 
 import lightning as L
 import numpy as np
@@ -65,10 +64,11 @@ def compute_gallery(
     catalogue_loader, users_loader = (trainer.test_dataloaders[i] for i in (CATALOGUE, USERS))
     train = module.data_facts.train
     users = users_loader.dataset
-    drawn = (users[int(i)] for i in np.random.default_rng(seed).permutation(len(users)))
-    examples = list(islice((example for example in drawn if len(train.row(example["user"]))), num_users))
-    if not examples:
+    drawn = np.random.default_rng(seed).permutation(len(users))
+    drawn = drawn[train.lengths()[users.users[drawn]] > 0][:num_users].tolist()  # users with a history to show
+    if not drawn:
         return Gallery([], [], None)
+    examples = users_loader.collate_fn(users.__getitems__(drawn))
     modalities = list(module.item_output_columns.get("modality_weights", []))
     weights: list[torch.Tensor] = []  # every catalogue item's modality weights, for multimodal models
     module.on_predict_epoch_start()  # a prediction epoch by hand: start from an empty catalogue table
@@ -77,16 +77,15 @@ def compute_gallery(
             encoded = module.predict_step(trainer.strategy.batch_to_device(batch), index, CATALOGUE)
             if "modality_weights" in encoded:
                 weights.append(encoded["modality_weights"].float())
-        batch = trainer.strategy.batch_to_device(users_loader.collate_fn(examples))
-        prediction = module.predict_step(batch, 0, USERS)
+        prediction = module.predict_step(trainer.strategy.batch_to_device(examples), 0, USERS)
     histogram = _histogram(trainer, modalities, weights, module.device) if modalities else None
     items = prediction["items"][:, :top_k].tolist()
     scores = prediction["scores"][:, :top_k].tolist()
     item_weights = prediction.get("modality_weights")
     item_weights = None if item_weights is None else item_weights[:, :top_k].float().tolist()
     samples = []
-    for row, example in enumerate(examples):
-        held_out = example["targets"].tolist()
+    for row, user in enumerate(examples["users"].tolist()):
+        held_out = examples["target_items"][examples["target_rows"] == row].tolist()
         recommendations = [
             Recommendation(
                 item=item,
@@ -96,8 +95,8 @@ def compute_gallery(
             )
             for rank, (item, score) in enumerate(zip(items[row], scores[row], strict=True))
         ]
-        recent = train.row(example["user"])[::-1][:history].tolist()
-        samples.append(SampleUser(example["user"], recent, recommendations, held_out))
+        recent = train.row(user)[::-1][:history].tolist()
+        samples.append(SampleUser(user, recent, recommendations, held_out))
     return Gallery(samples, modalities, histogram)
 
 

@@ -93,7 +93,7 @@ def build_report(
             missing="the model fuses no modalities",
         ),
     ]
-    return _page(
+    return page(
         title=f"{facts.get('model', 'Run')} — run report",
         facts=facts,
         results=results,
@@ -103,17 +103,18 @@ def build_report(
     )
 
 
-def _page(
+def page(
     *,
     title: str,
     facts: Mapping[str, str],
     results: Mapping[str, Mapping[str, float]],
     figures: Sequence[Plot],
-    gallery: Gallery | None,
-    items: ItemDisplay | None,
+    gallery: Gallery | None = None,
+    items: ItemDisplay | None = None,
+    sections: Sequence[str] = (),
 ) -> str:
-    """The page: ``facts`` about the run, the test metrics of every model, the ``figures`` and the gallery
-    of sample users."""
+    """The page: ``facts`` about the run, the test metrics of every model, the ``figures``, any further
+    ``sections`` (HTML, as given) and the gallery of sample users."""
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{escape(title)}</title>",
         f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>",
@@ -130,6 +131,7 @@ def _page(
                 f"<figure class='plot'><img alt='{escape(plot.heading)}' src='{data_uri(plot.png, 'image/png')}'>"
                 f"<figcaption>{escape(plot.caption)}</figcaption></figure>"
             )
+    parts.extend(sections)
     if gallery is not None and items is not None:
         parts.append(_gallery(gallery, items))
     parts.append("</body></html>")

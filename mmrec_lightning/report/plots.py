@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -18,6 +20,8 @@ LABELS = {"recall": "Recall", "ndcg": "NDCG", "precision": "Precision", "map": "
 MODEL_COLOURS = ("#1f3b73", "#8c8c8c", "#a6761d", "#e7298a", "#66a61e")
 MODALITY_COLOURS = {"image": "#d95f02", "text": "#7570b3", "id": "#1b9e77"}
 GROUP_STYLES = {"all": "-", "warm": "--", "cold": ":"}
+LEGEND_LINES = 10
+"""A panel with more lines than this names only the highlighted ones in its legend."""
 
 
 def model_colour(index: int) -> str:
@@ -126,4 +130,52 @@ def training_figure(curves: pd.DataFrame) -> bytes | None:
         ax.grid(alpha=0.3)
         if len(columns) > 1:
             ax.legend(fontsize="small")
+    return _png(figure)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's validation curve in :func:`validation_curves_figure`."""
+
+    label: str
+    values: pd.Series
+    """The metric, indexed by epoch."""
+    colour_key: int = 0
+    """Runs with the same key share a colour (a trial and its seed re-runs)."""
+    style: str = "-"
+    highlight: bool = False
+    """Drawn thick and dark, in front: the winner's runs."""
+    stopped: bool = False
+    """Ends in a cross: the run stopped before its last epoch (pruned, failed)."""
+
+
+def validation_curves_figure(panels: Mapping[str, Sequence[Curve]], metric: str) -> bytes | None:
+    """One panel per titled group of runs, ``metric`` per epoch, one line per run; None when no run has a
+    value."""
+    shown = {title: [c for c in curves if len(c.values)] for title, curves in panels.items()}
+    shown = {title: curves for title, curves in shown.items() if curves}
+    if not shown:
+        return None
+    palette = colormaps["tab10"]
+    figure, axes = _panels(len(shown), width=5.0, height=3.6)
+    for ax, (title, curves) in zip(axes, shown.items(), strict=True):
+        for curve in curves:
+            ax.plot(
+                curve.values.index,
+                curve.values.to_numpy(),
+                curve.style,
+                color="black" if curve.highlight else palette(curve.colour_key % palette.N),
+                linewidth=2.5 if curve.highlight else 1.0,
+                alpha=1.0 if curve.highlight else 0.7,
+                zorder=3 if curve.highlight else 2,
+                marker=".",
+                label=curve.label if curve.highlight or len(curves) <= LEGEND_LINES else None,
+            )
+            if curve.stopped:
+                ax.plot(curve.values.index[-1:], curve.values.to_numpy()[-1:], "x", color="black", zorder=4)
+        ax.set(title=title, xlabel="epoch", ylabel=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize="x-small")
     return _png(figure)

@@ -9,7 +9,8 @@ where it stopped, and several processes or nodes given the same storage share it
 in total. Then the ``--top`` trials are trained again under each of ``--seeds``, the winner is the one with
 the best mean validation value, and only then is the test split read — once, for the winner. Written to the
 output folder: ``best.yaml`` (``fit --config best.yaml`` trains the winner), ``trials.csv`` and
-``reruns.csv``, and each run's folder.
+``reruns.csv``, each run's folder (``test/`` for the winner's test) and ``report.html``: every run's validation
+curve and the table of trials (the same command with ``--report_only`` writes it again, training nothing).
 """
 
 from __future__ import annotations
@@ -21,21 +22,26 @@ import json
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import lightning as L
 import optuna
 import pandas as pd
+import wandb
 import yaml
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from mmrec_lightning.atomic import write_atomically
 from mmrec_lightning.callbacks import TestMetricsWriter
 from mmrec_lightning.cli import REPORTED, RecommenderCLI
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.report.results import read_test_metrics
+from mmrec_lightning.report.sweep import SweepRun, sweep_report
 from mmrec_lightning.tuning.space import read_space, suggest, with_values
 
 CHECKPOINT = "mmrec_lightning.model_checkpoint.ModelCheckpoint"
@@ -101,6 +107,17 @@ def run_config(config: dict, run_dir: Path, seed: int, wandb_group: str | None =
     return config
 
 
+@contextlib.contextmanager
+def own_wandb_run(wandb_group: str | None) -> Iterator[None]:
+    """Ends the W&B run that a run's ``WandbLogger`` started, also when the pruner stopped it: Lightning leaves
+    it open, and the next run's ``WandbLogger`` would log into it instead of starting its own."""
+    try:
+        yield
+    finally:
+        if wandb_group is not None:
+            wandb.finish()
+
+
 def train(
     config: dict, run_dir: Path, seed: int, callbacks: Sequence[L.Callback] = (), wandb_group: str | None = None
 ) -> tuple[float, str, Path]:
@@ -108,7 +125,8 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(run_config(config, run_dir, seed, wandb_group)))
-    cli = RecommenderCLI(args=["fit", "--config", str(path)], trainer_defaults={"callbacks": list(callbacks)})
+    with own_wandb_run(wandb_group):
+        cli = RecommenderCLI(args=["fit", "--config", str(path)], trainer_defaults={"callbacks": list(callbacks)})
     checkpoint = cli.trainer.checkpoint_callback
     if checkpoint is None or checkpoint.best_model_score is None:
         raise RuntimeError(f"{run_dir}: the run kept no checkpoint to score")
@@ -120,8 +138,18 @@ def group(args: argparse.Namespace, output: Path) -> str | None:
     return (args.name or output.name) if args.wandb else None
 
 
+def trial_dir(output: Path, number: int) -> Path:
+    """The folder of trial ``number``: its config, checkpoints and CSV logger's ``metrics.csv``."""
+    return output / "trials" / f"trial-{number}"
+
+
+def storage_url(args: argparse.Namespace, output: Path) -> str:
+    """Where the study lives: ``--storage``, else ``<output>/sweep.db``."""
+    return args.storage or f"sqlite:///{output / 'sweep.db'}"
+
+
 def study(args: argparse.Namespace, direction: str, output: Path, attempts: int = 5) -> optuna.Study:
-    storage = args.storage or f"sqlite:///{output / 'sweep.db'}"
+    storage = storage_url(args, output)
     retry = RetryHeartbeatStaleTrialCallback(max_retry=1)  # a trial whose process died (no heartbeat) runs again
 
     def load() -> optuna.Study:
@@ -156,7 +184,7 @@ def search(sweep: optuna.Study, args: argparse.Namespace, base: dict, space: dic
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, space)
-        run_dir = output / "trials" / f"trial-{trial.number}"
+        run_dir = trial_dir(output, trial.number)
         pruning = [ValidationPruning(trial, monitor)]
         score, checkpoint, config = train(
             with_values(base, values), run_dir, args.seeds[0], pruning, group(args, output)
@@ -206,11 +234,71 @@ def rerun(args: argparse.Namespace, base: dict, finished: list, direction: str, 
     return pd.DataFrame(rows)
 
 
-def test_winner(config: str, checkpoint: str) -> dict[str, float]:
-    """The only read of the test split in a sweep: the winner's best checkpoint."""
-    cli = RecommenderCLI(args=["test", "--config", config, "--ckpt_path", checkpoint])
+def choose(reruns: pd.DataFrame, direction: str) -> tuple[pd.DataFrame, int]:
+    """The mean, spread and count of each re-run trial's validation values over the seeds, and the winner: the
+    trial with the best mean."""
+    means = reruns.groupby("trial")["value"].agg(["mean", "std", "count"])
+    return means, int(means["mean"].idxmax() if direction == "maximize" else means["mean"].idxmin())
+
+
+def test_winner(config: str, checkpoint: str, run_dir: Path, wandb_group: str | None = None) -> dict[str, float]:
+    """The only read of the test split in a sweep: the winner's best checkpoint, under the config it was trained
+    with, logged to ``run_dir`` — in the winner's own folder, the test's CSV logger would replace the
+    validation curve in its ``metrics.csv``."""
+    trained = yaml.safe_load(Path(config).read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(run_config(trained, run_dir, trained["seed_everything"], wandb_group)))
+    with own_wandb_run(wandb_group):
+        cli = RecommenderCLI(args=["test", "--config", str(path), "--ckpt_path", checkpoint])
     writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, TestMetricsWriter))
     return json.loads(writer.path.read_text())[type(cli.model).__name__]
+
+
+def write_report(sweep: optuna.Study, output: Path, monitor: str) -> Path:
+    """``<output>/report.html``, from what the sweep stored (the study, ``reruns.csv``, each run's folder and the
+    winner's ``test/test_metrics.json``), so it can be written again at any time, also while trials run."""
+    maximize = sweep.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials = [
+        SweepRun(
+            trial.number,
+            trial_dir(output, trial.number),
+            trial.value if trial.value is not None else _best(trial.intermediate_values.values(), maximize),
+            trial.state.name.lower(),
+            trial.params,
+        )
+        for trial in sweep.get_trials(deepcopy=False)
+    ]
+    reruns, winner, results = [], None, {}
+    if (output / "reruns.csv").is_file():  # written once the winner is chosen and tested
+        table = pd.read_csv(output / "reruns.csv")
+        # each run's folder, <output>/<trials or reruns>/<run>, also found in a sweep folder moved since
+        reruns = [
+            SweepRun(
+                int(row.trial), output.joinpath(*Path(row.config).parts[-3:-1]), float(row.value), seed=int(row.seed)
+            )
+            for row in table.itertuples()
+        ]
+        winner = choose(table, "maximize" if maximize else "minimize")[1]
+        results = read_test_metrics(output / "test" / "test_metrics.json")
+    states = pd.Series([run.state for run in trials]).value_counts()
+    facts = {
+        "study": sweep.study_name,
+        "optimised": f"validation {monitor} ({'max' if maximize else 'min'})",
+        "trials": ", ".join(f"{count} {state}" for state, count in states.items()) or "none yet",
+        "winner": f"trial {winner}" if winner is not None else "not chosen yet",
+        "written": datetime.now().isoformat(timespec="seconds"),
+    }
+    html = sweep_report(facts=facts, metric=monitor, trials=trials, reruns=reruns, winner=winner, results=results)
+    path = output / "report.html"
+    write_atomically(path, lambda file: file.write(html.encode("utf-8")))  # never half a page
+    return path
+
+
+def _best(values: Iterable[float], maximize: bool) -> float | None:
+    """The best of a pruned trial's reported validation values; None when it reported none."""
+    values = list(values)
+    return (max(values) if maximize else min(values)) if values else None
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -234,6 +322,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--search_only", action="store_true", help="run trials only: another process re-runs the top trials and tests"
     )
+    parser.add_argument(
+        "--report_only", action="store_true", help="write report.html again from the stored sweep, training nothing"
+    )
     args = parser.parse_args(argv)
     if args.trials < 1 or args.top < 1 or args.heartbeat < 1:
         raise ConfigurationError("--trials, --top and --heartbeat must be at least 1")
@@ -250,6 +341,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     monitor, mode = monitored(base, args.config)
     direction = "maximize" if mode == "max" else "minimize"
     output = Path(args.output or f"runs/sweep-{config_path.stem}")
+    if args.report_only:
+        if not output.is_dir():
+            raise ConfigurationError(f"--output {output}: no such folder")
+        try:
+            stored = optuna.load_study(study_name=args.name or output.name, storage=storage_url(args, output))
+        except KeyError as error:
+            raise ConfigurationError(f"{output}: no sweep stored ({error})") from error
+        print(f"report: {write_report(stored, output, monitor)}")
+        return
     output.mkdir(parents=True, exist_ok=True)
     sweep = study(args, direction, output)
     search(sweep, args, base, space, monitor, output)
@@ -261,10 +361,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not finished:
         raise ConfigurationError(f"{output}: no trial finished (all pruned or failed); widen --space or add --trials")
     reruns = rerun(args, base, finished, direction, output)
-    means = reruns.groupby("trial")["value"].agg(["mean", "std", "count"])
-    winner = int(means["mean"].idxmax() if direction == "maximize" else means["mean"].idxmin())
+    means, winner = choose(reruns, direction)
     chosen = reruns[reruns["trial"] == winner].iloc[0]
-    tested = test_winner(chosen["config"], chosen["checkpoint"])  # after the choice, never before
+    # after the choice, never before
+    tested = test_winner(chosen["config"], chosen["checkpoint"], output / "test", group(args, output))
     params = next(trial.params for trial in finished if trial.number == winner)
     (output / "best.yaml").write_text(yaml.safe_dump(with_values(base, params)))
     trials = pd.DataFrame([{"trial": t.number, monitor: t.value, **t.params} for t in finished])
@@ -274,4 +374,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(means.to_string())
     reported = ", ".join(f"{name} {tested[name]:.4f}" for name in REPORTED if name in tested)
     print(f"winner: trial {winner} {params}\ntest of its checkpoint {chosen['checkpoint']}: {reported}")
-    print(f"fit --config {output / 'best.yaml'} trains it")
+    print(f"fit --config {output / 'best.yaml'} trains it\nreport: {write_report(sweep, output, monitor)}")
