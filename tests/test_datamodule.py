@@ -104,14 +104,17 @@ def test_after_a_leave_one_out_split_test_and_predict_read_the_validation_item_a
     dm = RecDataModule(path=str(tmp_path / "d"), history_length=10)
     dm.setup("test")
     valid, train = dm.facts.dataset.split("valid"), dm.facts.train
+
+    def first(batch: dict) -> tuple[int, list[int]]:  # the first user of a batch and their history
+        return int(batch["users"][0]), batch["history"][0][batch["history_mask"][0]].tolist()
+
     for split in ("test", None):  # prediction sees what test sees
-        users = dm.users_dataloader(split).dataset
-        example = users[0]
-        user = example["user"]
-        assert example["history"].tolist() == [*train.row(user).tolist(), *valid.row(user).tolist()]
-        assert sorted(example["exclude"].tolist()) == sorted(example["history"].tolist())
-    during_validation = dm.users_dataloader("valid").dataset[0]
-    assert during_validation["history"].tolist() == train.row(during_validation["user"]).tolist()
+        batch = dm.users_dataloader(split).dataset[0]
+        user, history = first(batch)
+        assert history == [*train.row(user).tolist(), *valid.row(user).tolist()]
+        assert sorted(batch["exclude_items"].tolist()) == sorted(history)
+    validated, history = first(dm.users_dataloader("valid").dataset[0])
+    assert history == train.row(validated).tolist()
     plain = RecDataModule(path=str(tmp_path / "d"), history_length=10, test_history="train")
     plain.setup("test")
-    assert plain.users_dataloader("test").dataset[0]["history"].tolist() == train.row(user).tolist()
+    assert first(plain.users_dataloader("test").dataset[0])[1] == train.row(user).tolist()
