@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 import pytest
+import wandb
 import yaml
 from lightning.pytorch.loggers import WandbLogger
 
@@ -165,6 +166,9 @@ def test_a_pruned_trial_shows_its_curve_up_to_where_it_stopped(tmp_path):
 
 
 def test_each_run_of_a_sweep_is_its_own_wandb_run_also_after_a_pruned_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # real runs with names (a disabled one is a "dummy"), no network
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    wandb.finish()  # a run another test left open would be the one "started" here
     names = []
 
     class Fit:

@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from mmrec_lightning.data.contract import ImageTransform
+from mmrec_lightning.encoders.adapters import Adapter
 from mmrec_lightning.encoders.base import ImageEncoder
 from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
 from mmrec_lightning.errors import ConfigurationError
@@ -147,6 +148,9 @@ class TimmImageEncoder(ImageEncoder):
         train_crop_scale: area range of the training-time random resized crop.
         hflip: probability of a horizontal flip at training time.
         grad_checkpointing: trade compute for memory in the backbone where timm supports it.
+        adapter: parameter-efficient tuning (``class_path`` of an ``Adapter``: ``LoRA``, ``IA3``): only its weights
+            train, not with ``freeze`` or ``train_blocks``. With ``pretrained`` weights, checkpoints then hold the
+            adapter and not those weights, which are read again to restore them.
     """
 
     def __init__(
@@ -160,6 +164,7 @@ class TimmImageEncoder(ImageEncoder):
         train_crop_scale: tuple[float, float] = (0.6, 1.0),
         hflip: float = 0.5,
         grad_checkpointing: bool = False,
+        adapter: Adapter | None = None,
     ) -> None:
         super().__init__()
         if not timm.is_model(model_name):
@@ -167,7 +172,10 @@ class TimmImageEncoder(ImageEncoder):
             raise ConfigurationError(
                 f"unknown timm model {model_name!r}" + (f"; did you mean {close}?" if close else "")
             )
-        from_hub = pretrained is True and not is_restoring_checkpoint()
+        if adapter is not None and (freeze or train_blocks is not None):
+            raise ConfigurationError("image encoder: an adapter trains its own weights only; drop freeze, train_blocks")
+        load_pretrained = adapter is not None or not is_restoring_checkpoint()  # an adapter's checkpoint lacks them
+        from_hub = pretrained is True and load_pretrained
         try:
             self.model = timm.create_model(model_name, pretrained=from_hub, num_classes=0)
         except Exception as error:
@@ -177,7 +185,7 @@ class TimmImageEncoder(ImageEncoder):
                 f"could not fetch pretrained weights for timm model {model_name!r} ({error}); offline, pass "
                 "a local checkpoint path as `pretrained`"
             ) from error
-        if isinstance(pretrained, str) and not is_restoring_checkpoint():
+        if isinstance(pretrained, str) and load_pretrained:
             load_timm_checkpoint(self.model, resolve_location(pretrained))
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -192,6 +200,9 @@ class TimmImageEncoder(ImageEncoder):
             self.register_buffer(f"pixel_{name}", value, persistent=False)
         self.train_crop_scale = tuple(train_crop_scale)
         self.hflip = hflip
+        if adapter is not None:
+            source = f"timm {model_name!r}, pretrained={pretrained!r}" if pretrained else None
+            self.use_adapter(adapter, "image encoder", source)
         if freeze and train_blocks:
             raise ConfigurationError(f"image encoder: freeze=True contradicts train_blocks={train_blocks}")
         if freeze or train_blocks == 0:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from mmrec_lightning.encoders.adapters import Adapter
 from mmrec_lightning.encoders.base import TextEncoder
 from mmrec_lightning.encoders.weights import is_restoring_checkpoint, resolve_location
 from mmrec_lightning.errors import ConfigurationError
@@ -50,6 +51,9 @@ class HFTextEncoder(TextEncoder):
         max_length: tokens kept per text.
         trust_remote_code: allow code shipped with a hub model to run; off unless you trust its source.
         grad_checkpointing: trade compute for memory in the transformer.
+        adapter: parameter-efficient tuning (``class_path`` of an ``Adapter``: ``LoRA``, ``IA3``): only its weights
+            train, not with ``freeze`` or ``train_blocks``. With ``model_name_or_path``, checkpoints then hold the
+            adapter and not the model's weights, which are read from there again to restore them.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class HFTextEncoder(TextEncoder):
         max_length: int = 64,
         trust_remote_code: bool = False,
         grad_checkpointing: bool = False,
+        adapter: Adapter | None = None,
     ) -> None:
         super().__init__()
         if (model_name_or_path is None) == (config is None):
@@ -71,6 +76,9 @@ class HFTextEncoder(TextEncoder):
         self.tokenizer_location = resolve_location(tokenizer or model_name_or_path)
         self.max_length = max_length
         self.trust_remote_code = trust_remote_code
+        if adapter is not None and (freeze or train_blocks is not None):
+            raise ConfigurationError("text encoder: an adapter trains its own weights only; drop freeze, train_blocks")
+        initialised: set[str] = set()  # weights the pretrained model lacks, initialised at random
         if config is not None:
             config = dict(config)
             model_config = AutoConfig.for_model(config.pop("model_type"), **config)
@@ -78,11 +86,14 @@ class HFTextEncoder(TextEncoder):
         else:
             location = resolve_location(model_name_or_path)
             try:
-                if is_restoring_checkpoint():
+                if is_restoring_checkpoint() and adapter is None:  # with an adapter, checkpoints lack these weights
                     model_config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
                     self.model = AutoModel.from_config(model_config, trust_remote_code=trust_remote_code)
                 else:
-                    self.model = AutoModel.from_pretrained(location, trust_remote_code=trust_remote_code)
+                    self.model, loading = AutoModel.from_pretrained(
+                        location, trust_remote_code=trust_remote_code, output_loading_info=True
+                    )
+                    initialised = set(loading["missing_keys"])
             except OSError as error:
                 raise ConfigurationError(
                     f"could not load text model {model_name_or_path!r}: not a local folder with a config.json, "
@@ -93,6 +104,10 @@ class HFTextEncoder(TextEncoder):
         if grad_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.output_dim = int(self.model.config.hidden_size)
+        if adapter is not None:
+            weights = self.model.state_dict(keep_vars=True)
+            source = None if config is not None else f"text model {model_name_or_path!r}"
+            self.use_adapter(adapter, "text encoder", source, [weights[k] for k in initialised if k in weights])
         if freeze and train_blocks:
             raise ConfigurationError(f"text encoder: freeze=True contradicts train_blocks={train_blocks}")
         if freeze or train_blocks == 0:

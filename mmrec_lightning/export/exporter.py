@@ -12,15 +12,17 @@ import pyarrow.parquet as pq
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mmrec_lightning.callbacks import run_directory
+from mmrec_lightning.encoders.base import FreezableEncoder
 from mmrec_lightning.export.index import IndexKind, build_index, save_index
 from mmrec_lightning.export.manifest import MANIFEST, item_output_file
 from mmrec_lightning.features.matrices import RowParts, finish_parts, start_parts
 
 
 class VectorExporter(BasePredictionWriter):
-    """While ``predict`` runs (the ``export`` command turns this on), streams the model's item vectors (the
-    catalogue pass) and user vectors (the users pass) to disk, then writes, in ``export`` beside the
-    checkpoint's folder (``runs/demo/checkpoints/last.ckpt`` -> ``runs/demo/export``)::
+    """While ``predict`` runs (the ``export`` command turns this on), with encoders' adapters merged into their
+    weights (:meth:`~mmrec_lightning.encoders.base.FreezableEncoder.merge_adapters`: the same vectors, sooner),
+    streams the model's item vectors (the catalogue pass) and user vectors (the users pass) to disk, then writes,
+    in ``export`` beside the checkpoint's folder (``runs/demo/checkpoints/last.ckpt`` -> ``runs/demo/export``)::
 
         item_vectors.npy, user_vectors.npy  float32, row i = item / user i
         item_<output>.npy                   float32, each per-item output the model declares in
@@ -58,6 +60,8 @@ class VectorExporter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
             return
+        for encoder in [m for m in pl_module.modules() if isinstance(m, FreezableEncoder)]:  # listed: merging edits
+            encoder.merge_adapters()
         if self.directory:
             self.path = Path(self.directory)
         elif trainer.ckpt_path:  # beside the checkpoints' folder: runs/demo/checkpoints/last.ckpt -> runs/demo/export
