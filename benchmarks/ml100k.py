@@ -39,7 +39,8 @@ from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.data.schema import PreparedDataset
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("popularity", "bpr", "lightgcn", "vbpr", "freedom", "multimodal")
+MODELS = ("popularity", "ease", "bpr", "lightgcn", "vbpr", "freedom", "multimodal")
+NOTHING_TO_TRAIN = ("popularity", "ease")  # tested directly; deterministic, so one seed
 K = 20
 CONFIG_DATA = "data/ml100k-warm"  # the dataset the shipped configs name, replaced by each split's folder
 
@@ -125,9 +126,9 @@ def predicted_metrics(
 def train_and_score(
     model: str, config: str, data: Path, seed: int, cold_items: set[str] | None, cutoffs: Sequence[int] = (K,)
 ) -> dict[str, float]:
-    """Train the run ``config`` (test ``popularity``), score its test users with ``predict`` and return the
-    metrics computed from that output, after checking that they equal what ``test`` reported."""
-    trains = model != "popularity"  # popularity has nothing to train
+    """Train the run ``config`` (test ``popularity`` and ``ease``), score its test users with ``predict`` and
+    return the metrics computed from that output, after checking that they equal what ``test`` reported."""
+    trains = model not in NOTHING_TO_TRAIN
     command = ["fit", "--config", config, "--test_after_fit=true"] if trains else ["test", "--config", config]
     cli = RecommenderCLI(args=command)
     writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, TestMetricsWriter))
@@ -227,7 +228,7 @@ def main() -> None:
             data = (args.data / f"ml100k-{split}").resolve()
             prepare(source, split, data)
             for model in args.models:
-                seeds = [0] if model == "popularity" else args.seeds  # nothing random to average
+                seeds = [0] if model in NOTHING_TO_TRAIN else args.seeds  # nothing random to average
                 per_seed = {}
                 for seed in seeds:
                     run_dir = Path(runs) / f"{split}-{model}-{seed}"

@@ -1,6 +1,7 @@
 """Recommenders; all share the full-ranking evaluation of :class:`RecommenderModule`."""
 
 from mmrec_lightning.models.base import RecommenderModule
+from mmrec_lightning.models.ease import EASERecommender
 from mmrec_lightning.models.freedom import FREEDOM
 from mmrec_lightning.models.id_based import LightGCN, MatrixFactorization
 from mmrec_lightning.models.multimodal import MultimodalRecommender
@@ -9,6 +10,7 @@ from mmrec_lightning.models.sasrec import SASRec
 from mmrec_lightning.models.vbpr import VBPR
 
 __all__ = [
+    "EASERecommender",
     "FREEDOM",
     "LightGCN",
     "MatrixFactorization",
