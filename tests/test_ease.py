@@ -60,7 +60,7 @@ def test_the_dot_product_of_the_blocks_is_the_weighted_reference_score():
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_an_untrained_item_takes_the_mean_column_of_its_content_neighbours():
+def test_an_untrained_item_takes_its_content_neighbours_mean_column_at_their_length():
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9], [0.7, 0.3]])  # item 2 resembles 0 and 4
     neighbours = ContentNeighbours(k=2, image_weight=0.0)
     trained = torch.tensor([True, True, False, True, True])
@@ -68,7 +68,9 @@ def test_an_untrained_item_takes_the_mean_column_of_its_content_neighbours():
     ease = EASE(l2=2.0)
     ease.build(_split(ROWS), NUM_ITEMS, neighbours)
     reference = _reference(2.0)
-    np.testing.assert_allclose(ease.matrix[:, 2].numpy(), (reference[:, 0] + reference[:, 4]) / 2, rtol=1e-5)
+    mean = (reference[:, 0] + reference[:, 4]) / 2
+    length = (np.linalg.norm(reference[:, 0]) + np.linalg.norm(reference[:, 4])) / 2
+    np.testing.assert_allclose(ease.matrix[:, 2].numpy(), mean / np.linalg.norm(mean) * length, rtol=1e-5)
     np.testing.assert_allclose(ease.matrix[:, 1].numpy(), reference[:, 1], rtol=1e-5, atol=1e-7)
 
 

@@ -31,8 +31,8 @@ class EASE(nn.Module):
     serving are unchanged. Memory is ``items²`` floats, hence ``max_items``.
 
     An item without training interactions has a zero column; with ``content_neighbours`` in the item tower
-    its column is the mean of its content neighbours' columns, so a cold item is scored as the trained items
-    it resembles would be.
+    its column is the mean direction of its content neighbours' columns at their mean length, so a cold item
+    is scored as the trained items it resembles would be.
 
     Args:
         l2: the ridge penalty λ (larger: smoother, more popularity-driven scores).
@@ -85,7 +85,12 @@ class EASE(nn.Module):
         if neighbours is not None:
             untrained = torch.from_numpy(np.bincount(train.items, minlength=num_items) == 0)
             untrained &= neighbours.available.cpu()
-            columns[:, untrained] = columns[:, neighbours.index.cpu()[untrained]].mean(-1)
+            borrowed = columns[:, neighbours.index.cpu()[untrained]]  # [items, untrained, k]
+            # their mean direction at their typical length: a mean of k sparse columns is about √k times
+            # shorter than any of them, and would rank every cold item below the warm ones
+            mean = borrowed.mean(-1)
+            length = borrowed.norm(dim=0).mean(-1) / mean.norm(dim=0).clamp(min=1e-12)
+            columns[:, untrained] = mean * length
         self.matrix = columns.float().to(self.weight.device)
 
     def user_block(self, rows: torch.Tensor, items: torch.Tensor, num_users: int) -> torch.Tensor:
