@@ -22,7 +22,7 @@ class EASERecommender(RecommenderModule):
         **kwargs: as for :class:`~mmrec_lightning.models.base.RecommenderModule` (its loss and optimizer unused).
     """
 
-    def __init__(self, l2: float = 300.0, max_items: int = 30_000, **kwargs: Any) -> None:
+    def __init__(self, l2: float = 300.0, max_items: int = 20_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.item_item = EASE(l2=l2, weights=[1.0], max_items=max_items)
 
