@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp._common_utils import clean_tensor_name
 from transformers.pytorch_utils import Conv1D
 
 from mmrec_lightning.errors import ConfigurationError
@@ -189,7 +190,7 @@ def _check_digest(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_
     weights.restored_prefix = None  # not left over from a load that failed
     if prefix + DIGEST_KEY not in state_dict:
         return  # a state with every weight: loaded, and checked by strict loading, as any other
-    saved = bytes(state_dict.pop(prefix + DIGEST_KEY).tolist())
+    saved = bytes(state_dict.pop(prefix + DIGEST_KEY).to("cpu").tolist())  # `.to` reads a lazily loaded tensor
     if saved != weights.digest:
         raise ConfigurationError(
             f"{prefix.rstrip('.') or type(module).__name__}: the pretrained weights from {weights.source} are not "
@@ -203,6 +204,9 @@ def _excuse_left_out(module: nn.Module, incompatible_keys: _IncompatibleKeys) ->
     weights: PretrainedWeights | None = module.pretrained_weights
     if weights is None or weights.restored_prefix is None:
         return
-    left_out = {weights.restored_prefix + name for name in weights.names}
-    incompatible_keys.missing_keys[:] = [key for key in incompatible_keys.missing_keys if key not in left_out]
+    # names as FSDP's wrapping prefixes (``_fsdp_wrapped_module.``) would be reported without them
+    left_out = {clean_tensor_name(weights.restored_prefix + name) for name in weights.names}
+    incompatible_keys.missing_keys[:] = [
+        key for key in incompatible_keys.missing_keys if clean_tensor_name(key) not in left_out
+    ]
     weights.restored_prefix = None
