@@ -71,14 +71,22 @@ def pil_floor(images: list[bytes], size: int) -> None:
         image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
 
 
-def interleaved(arms: dict[str, Callable[[int], int]], batches: int, passes: int) -> dict[str, list[float]]:
+def interleaved(
+    arms: dict[str, Callable[[int], int]],
+    batches: int,
+    passes: int,
+    before: Callable[[str, int], None] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per item of each arm on each turn; ``arm(b)`` processes batch ``b`` and returns its item
-    count. On every turn each arm processes the same batch, back to back, the first of the turn rotating."""
+    count. On every turn each arm processes the same batch, back to back, the first of the turn rotating;
+    ``before(arm, b)``, when given, runs just before, untimed."""
     per_item: dict[str, list[float]] = {name: [] for name in arms}
     names = list(arms)
     for turn in range(passes * batches):
         for shift in range(len(names)):
             name = names[(turn + shift) % len(names)]
+            if before is not None:
+                before(name, turn % batches)
             start = time.perf_counter()
             count = arms[name](turn % batches)
             per_item[name].append((time.perf_counter() - start) / count)

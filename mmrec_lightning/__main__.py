@@ -23,6 +23,10 @@ TRAINING = "train and evaluate models (LightningCLI; --config FILE, --help)"
 COMMANDS: dict[str, Command] = {
     **{name: Command(TRAINING, "mmrec_lightning.cli:main", (name,)) for name in ("fit", "validate", "test", "predict")},
     "prepare": Command("build a prepared dataset from a raw source (--help)", "mmrec_lightning.data.prepare:main"),
+    "pack": Command(
+        "write the items' images and text as litData shards, to stream from disk or object store (--help)",
+        "mmrec_lightning.data.pack:main",
+    ),
     "extract-features": Command(
         "encode the catalogue once, store item features for training (--help)", "mmrec_lightning.features.extract:main"
     ),

@@ -21,6 +21,7 @@ from mmrec_lightning.data.datasets import (
     TrainSequences,
 )
 from mmrec_lightning.data.items import ItemContent
+from mmrec_lightning.data.packed import PackedItems
 from mmrec_lightning.data.samplers import EpochSampler, ResumableDataLoader
 from mmrec_lightning.data.schema import PreparedDatasetError, write_prepared
 from mmrec_lightning.data.sources.synthetic import CATEGORIES, SyntheticSpec, generate
@@ -57,6 +58,11 @@ class RecDataModule(L.LightningDataModule):
             (a sequential model would otherwise predict the test item from a history that skips the one just
             before it), ``train`` for the others. Validation always reads the training interactions alone.
         seed: seed of the shuffling, negative sampling and augmentation.
+        packed_items: local folder or object-store URL (``s3://…``) of the item shards written by
+            ``python -m mmrec_lightning pack``, to read the items' images and text from instead of the dataset's
+            ``items.arrow`` (the same bytes: the same batches); None: from ``items.arrow``.
+        packed_items_cache: local folder for the shards fetched from a URL (default: litData's,
+            ``~/.lightning/chunks`` or ``$LITDATA_CACHE_DIR``); node-local disk on a cluster.
     """
 
     def __init__(
@@ -74,6 +80,8 @@ class RecDataModule(L.LightningDataModule):
         mask_valid_at_test: bool = False,
         test_history: Literal["auto", "train", "train_and_valid"] = "auto",
         seed: int = 0,
+        packed_items: str | None = None,
+        packed_items_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +146,9 @@ class RecDataModule(L.LightningDataModule):
         for name in ("train", "valid", "test"):
             if len(dataset.split(name).items) == 0 and (name != "test" or stage == "test"):
                 raise PreparedDatasetError(f"{self.path}: the {name} split is empty; prepare the dataset again")
+        packed = self._packed()
+        if packed is not None:  # here, once, rather than in every loader worker
+            packed.check(dataset)
 
     @property
     def _time_ordered_split(self) -> bool:
@@ -157,8 +168,14 @@ class RecDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def _packed(self) -> PackedItems | None:
+        location = self.hparams.packed_items
+        return PackedItems(location, self.hparams.packed_items_cache) if location is not None else None
+
     def _content(self) -> ItemContent:
-        return ItemContent(self.path, self.preprocessing, self.facts.item_train_counts)
+        # content is fetched by item id for the items the sampler chose, so which store the bytes come from
+        # changes neither the batches nor their sharding over ranks nor a mid-epoch resume (all the sampler's)
+        return ItemContent(self.path, self.preprocessing, self.facts.item_train_counts, self._packed())
 
     def _loader(self, dataset: Dataset, batch_size: int, collate, sampler=None, loader=DataLoader, **kwargs):
         workers = self.hparams.num_workers

@@ -14,7 +14,7 @@ from mmrec_lightning.evaluation import CATALOGUE
 from mmrec_lightning.models import MultimodalRecommender
 
 PACKAGE = Path(__file__).parents[1] / "mmrec_lightning"
-CLI_LAYER = {"cli.py", "connect.py"}
+CLI_LAYER = {"cli.py", "connect.py", "strategies.py"}  # a Strategy holds the module it distributes
 
 
 def _model() -> MultimodalRecommender:

@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from mmrec_lightning.data.contract import ImageTransform, ItemPreprocessing
+from mmrec_lightning.data.packed import PackedItems
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.data.sources.text import clean_text
 from mmrec_lightning.errors import reason
@@ -62,12 +63,26 @@ class ItemContent:
 
     Holds only the dataset path until first use, so it pickles cheaply into worker processes, each of
     which then opens its own memory map.
+
+    Args:
+        path: folder of the prepared dataset.
+        preprocessing: the model's image transforms and tokenizer.
+        train_counts: each item's number of training interactions.
+        packed: where to read the stored images and text instead of the dataset's ``items.arrow`` (the same
+            bytes, so the same batches); categories are still read from the dataset.
     """
 
-    def __init__(self, path: str, preprocessing: ItemPreprocessing, train_counts: np.ndarray) -> None:
+    def __init__(
+        self,
+        path: str,
+        preprocessing: ItemPreprocessing,
+        train_counts: np.ndarray,
+        packed: PackedItems | None = None,
+    ) -> None:
         self.path = path
         self.preprocessing = preprocessing
         self.train_counts = train_counts
+        self.packed = packed
         self._dataset: PreparedDataset | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -86,19 +101,26 @@ class ItemContent:
         try:
             return decode_image(data, min_side)
         except Exception as error:  # any decoder failure (truncated, corrupt, bomb): use no image
-            log.warning(
-                "item %d in %s/items.arrow: image unusable (%s); using no image", item, self.path, reason(error)
-            )
+            source = self.packed.location if self.packed is not None else f"{self.path}/items.arrow"
+            log.warning("item %d in %s: image unusable (%s); using no image", item, source, reason(error))
             return None
 
-    def _load_images(self, items: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]) -> dict:
+    def _stored(self, items: list[int], fields: list[str]) -> dict[str, list]:
+        """The stored ``fields`` of ``items`` (``image``: the encoded file, ``text``), None where an item has none:
+        from the packed shards when there are any (each item read once for all fields), else from items.arrow."""
+        if self.packed is not None and fields:
+            return self.packed.read(items, self.dataset)
+        columns = {name: self.dataset.items.column(name) for name in fields}
+        return {name: [column[item].as_py() for item in items] for name, column in columns.items()}
+
+    def _load_images(
+        self, items: list[int], stored: list[bytes | None], transform: Callable[[Image.Image], torch.Tensor]
+    ) -> dict:
         """``image`` ``[B, 3, H, W]`` (a placeholder where an item has no usable image), ``image_mask`` and
-        ``image_failed`` for ``items``."""
-        column = self.dataset.items.column("image")
+        ``image_failed`` for ``items``, whose encoded images are ``stored``."""
         min_side = transform.min_side if isinstance(transform, ImageTransform) else None
         images, failed = [], []
-        for item in items.tolist():
-            data = column[item].as_py()
+        for item, data in zip(items, stored, strict=True):
             image = self._decode(item, data, min_side) if data else None
             images.append(image)
             failed.append(bool(data) and image is None)
@@ -115,11 +137,13 @@ class ItemContent:
         }
         prep = self.preprocessing
         transform = prep.image_train if train else prep.image_eval
+        ids = items.tolist()
+        fields = [name for name, used in (("image", transform), ("text", prep.tokenizer)) if used is not None]
+        stored = self._stored(ids, fields)
         if transform is not None:
-            batch.update(self._load_images(items, transform))
+            batch.update(self._load_images(ids, stored["image"], transform))
         if prep.tokenizer is not None:
-            column = self.dataset.items.column("text")
-            batch.update(text_batch([column[item].as_py() for item in items.tolist()], prep))
+            batch.update(text_batch(stored["text"], prep))
         return batch
 
 
