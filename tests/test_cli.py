@@ -20,7 +20,7 @@ from mmrec_lightning.models import MultimodalRecommender
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
 EXTRACT_CONFIGS = [path for path in CONFIGS if path.parent.name == "extract"]  # extract-features, not fit
-SWEEP_SPACES = [path for path in CONFIGS if path.parent.name == "sweep"]  # search spaces of `sweep`
+SWEEP_SPACES = [path for path in CONFIGS if "sweep" in path.parent.parts]  # search spaces of `sweep`
 CONFIGS = [path for path in CONFIGS if path not in EXTRACT_CONFIGS + SWEEP_SPACES]
 
 

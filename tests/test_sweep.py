@@ -193,12 +193,17 @@ def test_each_run_of_a_sweep_is_its_own_wandb_run_also_after_a_pruned_one(tmp_pa
 def test_two_processes_share_one_study_without_repeating_a_trial(files):
     options = ["--config", files / "config.yaml", "--space", files / "space.yaml", "--output", files / "shared"]
     command = [sys.executable, "-m", "mmrec_lightning", "sweep", *map(str, options), "--trials", "4", "--top", "1"]
-    workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    workers = [  # each with its own sampler seed, as slurm/sweep.sbatch gives each task
+        subprocess.Popen([*command, "--sampler_seed", str(seed)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for seed in range(2)
+    ]
     for worker in workers:
         assert worker.wait(timeout=600) == 0, worker.stderr.read().decode()[-2000:]
     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{files / 'shared' / 'sweep.db'}")
     numbers = [trial.number for trial in study.trials]
     assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5  # two may start the last one together
+    drawn = [tuple(sorted(trial.params.items())) for trial in study.trials]
+    assert len(drawn) == len(set(drawn))  # no parameters drawn twice either
     assert {trial.state for trial in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
 
 
@@ -240,12 +245,14 @@ def test_a_search_only_worker_runs_trials_and_leaves_the_choice_to_another(files
     assert not (output / "best.yaml").exists() and not (output / "reruns.csv").exists()
 
 
-@pytest.mark.parametrize("space", sorted(Path(__file__).parents[1].joinpath("configs", "sweep").glob("*.yaml")))
+@pytest.mark.parametrize("space", sorted(Path(__file__).parents[1].joinpath("configs", "sweep").rglob("*.yaml")))
 def test_every_shipped_space_reads_and_gives_configs_that_parse(space, tmp_path, capsys):
     from mmrec_lightning.cli import RecommenderCLI
 
     ranges = read_space(space)
-    config = space.parents[1] / space.stem / "multimodal.yaml"  # configs/sweep/<set>.yaml tunes configs/<set>/
+    config = (
+        space.parents[2] / space.parent.name / space.name
+    )  # configs/sweep/<set>/<x>.yaml tunes configs/<set>/<x>.yaml
     lowest = {key: spec["choices"][0] if spec["type"] == "categorical" else spec["low"] for key, spec in ranges.items()}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(with_values(yaml.safe_load(config.read_text()), lowest)))

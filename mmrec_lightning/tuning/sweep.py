@@ -314,7 +314,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--name", help="the study's name in the storage (default the output folder's name)")
     parser.add_argument("--startup_trials", type=int, default=5, help="trials the pruner never stops")
     parser.add_argument("--warmup_epochs", type=int, default=5, help="epochs of each trial the pruner never stops")
-    parser.add_argument("--sampler_seed", type=int, default=0, help="seed of the TPE sampler")
+    parser.add_argument(
+        "--sampler_seed",
+        type=int,
+        default=0,
+        help="seed of the TPE sampler; give each process of a shared sweep its own (two with the same seed draw the "
+        "same parameters for their first trials)",
+    )
     parser.add_argument("--wandb", action="store_true", help="log every run to W&B (offline), one group per sweep")
     parser.add_argument(
         "--heartbeat", type=int, default=30, help="seconds between a trial's heartbeats; 4 missed: its process died"
