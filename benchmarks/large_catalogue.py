@@ -38,7 +38,7 @@ import torch
 from peers import describe, machine
 from results_file import publish
 
-from mmrec_lightning.evaluation import rank_items
+from mmrec_lightning.evaluation import chunk_top, rank_items
 
 TOP_K = 50
 MB = 2**20
@@ -74,19 +74,6 @@ def rank_all(
             raise AssertionError("an excluded training item was ranked")
 
 
-def chunk_top(scores: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (unsorted) top-``TOP_K`` ``(scores, columns)`` of each row of ``scores``; with ``group``, through the
-    maxima of groups of ``group`` columns: the k groups with the largest maxima hold the row's top k."""
-    rows, columns = scores.shape
-    if not group or columns % group or columns // group < TOP_K:
-        return scores.topk(min(TOP_K, columns), dim=1, sorted=False)
-    groups = scores.view(rows, columns // group, group)
-    best = groups.amax(2).topk(TOP_K, dim=1, sorted=False).indices
-    candidates = groups.gather(1, best.unsqueeze(2).expand(rows, TOP_K, group)).reshape(rows, TOP_K * group)
-    values, at = candidates.topk(TOP_K, dim=1, sorted=False)
-    return values, best.gather(1, at // group) * group + at % group
-
-
 def floor_rank(
     users: torch.Tensor, items: torch.Tensor, excluded: torch.Tensor, user_block: int, item_chunk: int, group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +91,7 @@ def floor_rank(
             scores = torch.mm(block, chunk.T, out=buffer[: len(block) * len(chunk)].view(len(block), len(chunk)))
             inside = (banned >= start) & (banned < start + len(chunk))
             scores[rows[inside], banned[inside] - start] = float("-inf")
-            top_scores, top_columns = chunk_top(scores, group)
+            top_scores, top_columns = chunk_top(scores, TOP_K, group)
             values.append(top_scores)
             columns.append(top_columns + start)
         top_scores, at = torch.cat(values, 1).topk(TOP_K, dim=1)

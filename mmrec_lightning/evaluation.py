@@ -43,7 +43,7 @@ def target_groups(
 
 
 GROUP = 32
-"""Columns per group in :func:`_chunk_top`."""
+"""Columns per group in :func:`chunk_top`."""
 
 
 def rank_items(
@@ -63,32 +63,34 @@ def rank_items(
     dtype = torch.promote_types(users.dtype, items.dtype)
     buffer = torch.empty(users.shape[0] * chunk_size, dtype=dtype, device=users.device)
     candidate_scores, candidate_items = [], []
+    users = users.to(dtype)
     with torch.autocast(users.device.type, enabled=False):  # ``out=`` products run in the inputs' dtype
         for start in range(0, items.shape[0], chunk_size):
             block = items[start : start + chunk_size]
             scores = buffer[: users.shape[0] * block.shape[0]].view(users.shape[0], block.shape[0])
-            torch.mm(users.to(dtype), block.to(dtype).T, out=scores)
+            torch.mm(users, block.to(dtype).T, out=scores)
             inside = (exclude_items >= start) & (exclude_items < start + block.shape[0])
             scores[exclude_rows[inside], exclude_items[inside] - start] = float("-inf")
-            top_scores, top_items = _chunk_top(scores, k)
+            top_scores, top_items = chunk_top(scores, k)
             candidate_scores.append(top_scores.float())
             candidate_items.append(top_items + start)
     scores, at = torch.cat(candidate_scores, dim=1).topk(min(k, items.shape[0]), dim=1)
     return scores, torch.cat(candidate_items, dim=1).gather(1, at)
 
 
-def _chunk_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_top(scores: torch.Tensor, k: int, group: int = GROUP) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-``k`` ``(scores, columns)`` of each row, unordered. Over a wide chunk through group maxima: the
-    ``k`` groups of ``GROUP`` columns with the largest maxima hold a row's top ``k``, so ``topk`` runs over the
-    maxima and those groups instead of every score (a third of the time at 65,536 columns)."""
+    ``k`` groups of ``group`` columns with the largest maxima hold a row's top ``k``, so ``topk`` runs over the
+    maxima and those groups instead of every score (a third of the time at 65,536 columns); ``group`` 0: a
+    plain ``topk``."""
     rows, columns = scores.shape
-    if columns % GROUP or columns // GROUP < 4 * k:
+    if not group or columns % group or columns // group < 4 * k:
         return scores.topk(min(k, columns), dim=1, sorted=False)
-    groups = scores.view(rows, columns // GROUP, GROUP)
+    groups = scores.view(rows, columns // group, group)
     best = groups.amax(2).topk(k, dim=1, sorted=False).indices
-    candidates = groups.gather(1, best.unsqueeze(2).expand(rows, k, GROUP)).reshape(rows, k * GROUP)
+    candidates = groups.gather(1, best.unsqueeze(2).expand(rows, k, group)).reshape(rows, k * group)
     values, at = candidates.topk(k, dim=1, sorted=False)
-    return values, best.gather(1, at // GROUP) * GROUP + at % GROUP
+    return values, best.gather(1, at // group) * group + at % group
 
 
 def hits_of(top_items: torch.Tensor, target_rows: torch.Tensor, target_items: torch.Tensor) -> torch.Tensor:

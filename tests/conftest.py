@@ -156,3 +156,15 @@ def losses_on_one_batch(model, batch, steps: int, optimizer) -> list[float]:
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+@pytest.fixture(scope="module")
+def preprocessing(tokenizer_dir):
+    """How tiny random-init image and text encoders prepare item content (for data-module tests)."""
+    from mmrec_lightning.data.contract import ItemPreprocessing
+    from mmrec_lightning.encoders.image import TimmImageEncoder
+    from mmrec_lightning.encoders.text import HFTextEncoder
+
+    image = TimmImageEncoder("test_efficientnet", image_size=32)
+    text = HFTextEncoder(config=TINY_BERT, tokenizer=str(tokenizer_dir), max_length=16)
+    return ItemPreprocessing(image.transform(True), image.transform(False), text.tokenizer(), text.max_length)

@@ -1,20 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_SPEC
+from conftest import TINY_SPEC
 
-from mmrec_lightning.data.contract import ItemPreprocessing
 from mmrec_lightning.data.schema import PreparedDatasetError
 from mmrec_lightning.datamodule import RecDataModule
-from mmrec_lightning.encoders.image import TimmImageEncoder
-from mmrec_lightning.encoders.text import HFTextEncoder
-
-
-@pytest.fixture(scope="module")
-def preprocessing(tokenizer_dir):
-    image = TimmImageEncoder("test_efficientnet", image_size=32)
-    text = HFTextEncoder(config=TINY_BERT, tokenizer=str(tokenizer_dir), max_length=16)
-    return ItemPreprocessing(image.transform(True), image.transform(False), text.tokenizer(), text.max_length)
 
 
 def _datamodule(path, preprocessing, **kwargs):

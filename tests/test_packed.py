@@ -10,15 +10,13 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_SPEC, Interrupt, resumable_fit, write_synthetic
+from conftest import TINY_SPEC, Interrupt, resumable_fit, write_synthetic
 
 from mmrec_lightning.__main__ import run
-from mmrec_lightning.data.contract import ItemPreprocessing
 from mmrec_lightning.data.schema import PreparedDataset, PreparedDatasetError
 from mmrec_lightning.data.sources.synthetic import SyntheticSpec
 from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.image import TimmImageEncoder
-from mmrec_lightning.encoders.text import HFTextEncoder
 from mmrec_lightning.errors import ConfigurationError
 
 
@@ -31,13 +29,6 @@ def shards(synthetic_dir, tmp_path_factory):
     assert len(list(output.glob("*.bin"))) > 2
     assert multiprocessing.get_start_method() == start_method  # litData's change undone
     return output
-
-
-@pytest.fixture(scope="module")
-def preprocessing(tokenizer_dir):
-    image = TimmImageEncoder("test_efficientnet", image_size=32)
-    text = HFTextEncoder(config=TINY_BERT, tokenizer=str(tokenizer_dir), max_length=16)
-    return ItemPreprocessing(image.transform(True), image.transform(False), text.tokenizer(), text.max_length)
 
 
 def _datamodule(path, preprocessing, **kwargs):
