@@ -4,15 +4,18 @@ a tiny run config (``tiny_config``) that the CLI tests start from."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import yaml
 
 from mmrec_lightning.data.schema import write_prepared
 from mmrec_lightning.data.sources import synthetic as syn
+from mmrec_lightning.features.files import feature_file, save_features
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,6 +86,17 @@ def write_synthetic(path: Path, spec: syn.SyntheticSpec = TINY_SPEC) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def featured_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny dataset with random precomputed image (12-d) and text (6-d) features."""
+    path = tmp_path_factory.mktemp("featured") / "synthetic"
+    shutil.copytree(synthetic_dir, path)
+    rng = np.random.default_rng(0)
+    for modality, width in (("image", 12), ("text", 6)):
+        save_features(feature_file(path, modality), rng.standard_normal((TINY_SPEC.items, width), dtype=np.float32))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from mmrec_lightning.connect import connect
 from mmrec_lightning.data.schema import SplitIndex
 from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.errors import ConfigurationError
+from mmrec_lightning.features import ItemFeatures
+from mmrec_lightning.features.files import feature_file
 from mmrec_lightning.models import MultimodalRecommender
 from mmrec_lightning.towers.content_neighbours import ContentNeighbours
 from mmrec_lightning.towers.ease import EASE
@@ -60,7 +62,7 @@ def test_the_dot_product_of_the_blocks_is_the_weighted_reference_score():
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_an_untrained_item_takes_its_content_neighbours_mean_column_at_their_length():
+def test_an_untrained_item_borrows_its_content_neighbours_mean_column_at_the_chosen_length():
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9], [0.7, 0.3]])  # item 2 resembles 0 and 4
     neighbours = ContentNeighbours(k=2, image_weight=0.0)
     trained = torch.tensor([True, True, False, True, True])
@@ -70,8 +72,14 @@ def test_an_untrained_item_takes_its_content_neighbours_mean_column_at_their_len
     reference = _reference(2.0)
     mean = (reference[:, 0] + reference[:, 4]) / 2
     length = (np.linalg.norm(reference[:, 0]) + np.linalg.norm(reference[:, 4])) / 2
-    np.testing.assert_allclose(ease.matrix[:, 2].numpy(), mean / np.linalg.norm(mean) * length, rtol=1e-5)
+    full = mean / np.linalg.norm(mean) * length
+    np.testing.assert_allclose(ease.matrix[:, 2].numpy(), full, rtol=1e-5)
     np.testing.assert_allclose(ease.matrix[:, 1].numpy(), reference[:, 1], rtol=1e-5, atol=1e-7)
+    for cold_length, expected in ((0.0, mean), (0.5, (mean + full) / 2), (1.0, full)):
+        ease.cold_length.fill_(cold_length)
+        columns = ease.item_block(torch.tensor([2, 1])).numpy()
+        np.testing.assert_allclose(columns[0], expected, rtol=1e-5)  # between the plain mean and full length
+        np.testing.assert_allclose(columns[1], reference[:, 1], rtol=1e-5, atol=1e-7)  # a trained item: as solved
 
 
 def test_a_catalogue_above_max_items_is_refused_with_the_option_to_change():
@@ -79,27 +87,61 @@ def test_a_catalogue_above_max_items_is_refused_with_the_option_to_change():
         EASE(max_items=4).build(_split(ROWS), NUM_ITEMS)
 
 
-def _validated(synthetic_dir, weights: list[float]) -> dict[str, float]:
-    """Validation metrics of the same (seeded, untrained) model with an EASE term of these candidate weights."""
+class _OneCandidate(EASE):
+    """An EASE term that validation can only score under one ``(cold_length, weight)`` pair."""
+
+    def __init__(self, pair: tuple[float, float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.pair = pair
+
+    @property
+    def candidates(self) -> list[tuple[float, float]]:
+        return [self.pair]
+
+
+def _validated(data_dir, item_item: EASE) -> dict[str, float]:
+    """Validation metrics of the same (seeded, untrained) model with this EASE term; with features in
+    ``data_dir``, cold items borrow their content neighbours' columns."""
     torch.manual_seed(0)
+    featured = feature_file(data_dir, "text").exists()
+    content = (
+        {
+            "image_encoder": ItemFeatures(str(feature_file(data_dir, "image"))),
+            "text_encoder": ItemFeatures(str(feature_file(data_dir, "text"))),
+            "content_neighbours": ContentNeighbours(k=3),
+        }
+        if featured
+        else {}
+    )
     model = MultimodalRecommender(
-        num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5, 20],
-        item_item=EASE(l2=5.0, weights=weights, select_by="recall@20"),
+        num_users=TINY_SPEC.users, num_items=TINY_SPEC.items, embed_dim=8, top_k=[5, 20], item_item=item_item,
+        **content,
     )  # fmt: skip
-    data = RecDataModule(path=str(synthetic_dir), batch_size=32, history_length=3)
+    data = RecDataModule(path=str(data_dir), batch_size=32, history_length=3)
     connect(model, data)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     return trainer.validate(model, datamodule=data, verbose=False)[-1]
 
 
-def test_validation_keeps_the_candidate_weight_that_ranks_best(synthetic_dir):
-    alone = {weight: _validated(synthetic_dir, [weight]) for weight in (0.0, 0.3, 30.0)}
-    chosen = _validated(synthetic_dir, [0.0, 0.3, 30.0])
-    best = max(alone, key=lambda weight: alone[weight]["val/recall@20"])
-    assert chosen["val/item_item_weight"] == best
-    for name in ("val/recall@20", "val/ndcg@20", "val/hit@5"):
-        assert chosen[name] == pytest.approx(alone[best][name], abs=1e-6)
-    assert len({round(result["val/recall@20"], 6) for result in alone.values()}) > 1  # the weights do differ
+@pytest.mark.parametrize(
+    ("data", "weights", "cold_lengths"),
+    [("synthetic_dir", [0.3, 30.0], [1.0]), ("featured_dir", [0.3, 3.0], [0.0, 1.0])],
+    ids=["weights", "weights-and-cold-lengths"],
+)
+def test_validation_keeps_the_pair_that_ranks_best_and_logs_the_towers_alone(data, weights, cold_lengths, request):
+    data_dir = request.getfixturevalue(data)
+    chosen = _validated(data_dir, EASE(l2=5.0, weights=weights, cold_lengths=cold_lengths, select_by="recall@20"))
+    candidates = EASE(weights=weights, cold_lengths=cold_lengths).candidates
+    assert candidates == [(cold_lengths[0], 0.0)] + [(c, w) for c in cold_lengths for w in weights]
+    alone = {pair: _validated(data_dir, _OneCandidate(pair, l2=5.0)) for pair in candidates}
+    best = max(candidates, key=lambda pair: alone[pair]["val/recall@20"])
+    assert (chosen["val/item_item_cold_length"], chosen["val/item_item_weight"]) == best
+    for name in ("recall@20", "ndcg@20", "hit@5"):
+        assert chosen[f"val/{name}"] == pytest.approx(alone[best][f"val/{name}"], abs=1e-6)
+        assert chosen[f"val/towers/{name}"] == pytest.approx(alone[candidates[0]][f"val/{name}"], abs=1e-6)
+    assert len({round(result["val/recall@20"], 6) for result in alone.values()}) > 2  # the candidates do differ
+    if len(cold_lengths) > 1:  # the borrowed columns' length changes the ranking
+        assert alone[(0.0, 3.0)]["val/recall@20"] != pytest.approx(alone[(1.0, 3.0)]["val/recall@20"], abs=1e-6)
 
 
 def test_item_vectors_carry_their_column_and_a_new_item_a_zero_block(synthetic_dir):

@@ -2,21 +2,20 @@
 ``predict`` output gives, for every model, on data with timestamps."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TINY_SPEC, tiny_config
+from conftest import tiny_config
 
 from mmrec_lightning.callbacks import TestMetricsWriter, TopKWriter
 from mmrec_lightning.cli import RecommenderCLI
 from mmrec_lightning.data.datasets import TrainInteractions, user_statistics
 from mmrec_lightning.data.schema import PreparedDataset
 from mmrec_lightning.evaluation import EvalUsers
-from mmrec_lightning.features.files import feature_file, save_features
+from mmrec_lightning.features.files import feature_file
 
 K = 20
 FEATURES = {
@@ -45,16 +44,6 @@ MODELS = {
     "vbpr": ("VBPR", {"embed_dim": 8, **FEATURES}),
     "freedom": ("FREEDOM", {"embed_dim": 8, "knn_k": 3, **FEATURES}),
 }
-
-
-@pytest.fixture(scope="module")
-def featured_dir(synthetic_dir, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("honest") / "synthetic"
-    shutil.copytree(synthetic_dir, path)
-    rng = np.random.default_rng(0)
-    for modality, width in (("image", 12), ("text", 6)):
-        save_features(feature_file(path, modality), rng.standard_normal((TINY_SPEC.items, width), dtype=np.float32))
-    return path
 
 
 def _config(tmp_path: Path, data: Path, tokenizer_dir: Path, model: str) -> Path:

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.tuning import sweep
-from mmrec_lightning.tuning.space import read_space, with_values
+from mmrec_lightning.tuning.space import config_values, read_space, with_values
 
 SPACE = {
     "model.init_args.optimizer.init_args.lr": {"type": "float", "low": 1.0e-4, "high": 5.0e-2, "log": True},
@@ -84,9 +84,12 @@ def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choos
     _, output, commands = swept
     assert commands[0] == "resolve"  # the config read as fit reads it, includes and defaults resolved
     assert commands[1:-1] == ["fit"] * (len(commands) - 2) and commands[-1] == "test"  # the test split: last, once
-    assert len(commands) == 1 + 4 + 2 + 1  # four trials, the top two again under the second seed, one test
     trials, reruns = pd.read_csv(output / "trials.csv"), pd.read_csv(output / "reruns.csv")
     assert len(trials) == 4 and trials["val/recall@20"].max() > trials["val/recall@20"].min()
+    top = set(trials.nlargest(2, "val/recall@20")["trial"])
+    assert set(reruns["trial"]) == top | {0}  # the top two, and the config as it is (trial 0) whatever its rank
+    assert all(sorted(seeds) == [0, 1] for _, seeds in reruns.groupby("trial")["seed"])
+    assert len(commands) == 1 + 4 + len(top | {0}) + 1  # four trials, those again under the second seed, one test
     winner = reruns.groupby("trial")["value"].mean().idxmax()
     best = yaml.safe_load((output / "best.yaml").read_text())
     row = trials[trials["trial"] == winner].iloc[0]
@@ -96,6 +99,21 @@ def test_a_sweep_beats_its_worst_trial_and_reads_the_test_split_once_after_choos
     )
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{output / 'sweep.db'}")
     assert len(study.trials) == 4  # stored: a second run of the same command trains no new trial
+
+
+def test_the_first_trial_is_the_config_as_it_is(swept):
+    files, output, _ = swept
+    study = optuna.load_study(study_name=output.name, storage=f"sqlite:///{output / 'sweep.db'}")
+    first = min(study.trials, key=lambda trial: trial.number)
+    assert first.params["model.init_args.optimizer.init_args.lr"] == 0.001  # Adam's default, in the space's range
+    assert {trial.params["model.init_args.optimizer.init_args.lr"] for trial in study.trials[1:]} != {0.001}
+
+
+def test_a_config_value_outside_the_space_is_left_to_the_sampler():
+    space = {"a.lr": {"type": "float", "low": 0.1, "high": 1.0}, "a.k": {"type": "categorical", "choices": [4, 16]},
+             "a.missing": {"type": "int", "low": 1, "high": 3}}  # fmt: skip
+    assert config_values({"a": {"lr": 0.5, "k": 64}}, space) == {"a.lr": 0.5}
+    assert config_values({"a": {"lr": 0.01, "k": 16}}, space) == {"a.k": 16}
 
 
 def test_the_sweep_report_plots_each_runs_validation_curve_as_its_csv_logger_wrote_it(swept):

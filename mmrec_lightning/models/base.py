@@ -253,6 +253,9 @@ class RecommenderModule(L.LightningModule):
     def _log_metrics(self, metrics: RankingMetrics, stage: str) -> None:
         values = metrics.compute()  # reduced over ranks by torchmetrics; sync_dist only averages equal values
         metrics.reset()
+        self._log_values(values, stage)
+
+    def _log_values(self, values: dict[str, torch.Tensor], stage: str) -> None:
         if values["users"] == 0:
             return
         self.log_dict(

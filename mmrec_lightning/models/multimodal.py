@@ -33,6 +33,9 @@ from mmrec_lightning.towers.item import ItemEncoding, ItemTower
 from mmrec_lightning.towers.sequence import SequenceEncoderFactory, next_item_rows
 from mmrec_lightning.towers.user import UserTower
 
+# the mean training interactions per user from which a user-ID embedding helps (MovieLens: 85; Amazon Baby: 6)
+USER_ID_MIN_INTERACTIONS = 20
+
 
 class MultimodalRecommender(RecommenderModule):
     """Two towers scored by dot product, trained with L = L_rec + Σ_k λ_k·L_k over the enabled auxiliary
@@ -42,7 +45,7 @@ class MultimodalRecommender(RecommenderModule):
     The defaults are the settings chosen on validation on MovieLens-100K with posters and plot overviews and
     checked on Amazon Baby (docs/ml100k.md): cosine scores under a sampled softmax with logQ correction, and
     heavy modality, user and history dropout, so the content path and the user's history carry weight of
-    their own; no user-ID embedding (see ``use_user_id``).
+    their own; a user-ID embedding only where users have many interactions (``use_user_id``).
 
     Args:
         image_encoder: image encoder (``class_path`` of an ``ImageEncoder``), the catalogue's precomputed
@@ -72,7 +75,8 @@ class MultimodalRecommender(RecommenderModule):
             items by content (``ContentNeighbours``; needs ``use_item_id`` and precomputed features), which
             gives cold items a collaborative vector; or none.
         item_item: a closed-form item–item term added to the towers' score (``EASE``: each of the user's known
-            items votes for the items that co-occur with it; its weight chosen on validation), or none.
+            items votes for the items that co-occur with it; its weight, and the length of cold items' borrowed
+            columns, chosen on validation), or none.
             Catalogues up to ``EASE.max_items``; not with a ``sequence_encoder``.
         modality_dropout: training-time probability of hiding each available modality of an item.
         cache_frozen_features: keep each frozen encoder's output per item in memory after first use.
@@ -83,9 +87,11 @@ class MultimodalRecommender(RecommenderModule):
             ``use_user_id``, ``dropout`` and ``history_dropout`` then take no part); or none, for the user tower
             (ID, mean of the history, behaviour statistics) and one example per interaction.
         use_user_id: whether the user tower has a user-ID embedding (without it, a user is their history and
-            behaviour statistics). Off by default: the ID memorises a user's training items, which evaluation
-            masks, and where users have few interactions that is all it learns (Amazon Baby, 6 per user:
-            Recall@20 falls below BPR-MF's); turn it on where users have many (MovieLens, 85 per user: +15%).
+            behaviour statistics). By default (none) it is decided from the training split: on where users have
+            at least ``USER_ID_MIN_INTERACTIONS`` (20) training interactions on average. The ID memorises a
+            user's training items, which evaluation masks, and where users have few interactions that is all it
+            learns (Amazon Baby, 6 per user: Recall@20 falls below BPR-MF's); where they have many it captures
+            a taste their mean history misses (MovieLens, 85 per user: +15%). The checkpoint keeps the decision.
         dropout: dropout on the user vector.
         history_dropout: training-time probability of hiding each item of a user's history (denoising, as
             Mult-DAE does with its input), so a user vector does not hinge on a few items.
@@ -122,7 +128,7 @@ class MultimodalRecommender(RecommenderModule):
         modality_dropout: float = 0.5,
         cache_frozen_features: bool = True,
         sequence_encoder: SequenceEncoderFactory | None = None,
-        use_user_id: bool = False,
+        use_user_id: bool | None = None,
         dropout: float = 0.5,
         history_dropout: float = 0.3,
         cosine: bool = True,
@@ -158,9 +164,9 @@ class MultimodalRecommender(RecommenderModule):
                     f"model.item_item.select_by: {item_item.select_by!r} is not a validation metric; one of "
                     f"{self.val_metrics.names}"
                 )
-            self.item_item_metrics = nn.ModuleList(RankingMetrics(self.hparams.top_k) for _ in item_item.weights)
+            self.item_item_metrics = nn.ModuleList(RankingMetrics(self.hparams.top_k) for _ in item_item.candidates)
         self.user_tower = (
-            UserTower(self.num_users, vector_dim, dropout=dropout, use_id=use_user_id)
+            UserTower(self.num_users, vector_dim, dropout=dropout, use_id=bool(use_user_id))
             if self.sequence_encoder is None
             else None
         )
@@ -223,6 +229,12 @@ class MultimodalRecommender(RecommenderModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if self.hparams.use_user_id is None and self.user_tower is not None:
+            train = self.data_facts.train
+            per_user = len(train.items) / max(1, len(train.indptr) - 1)
+            self.hparams.use_user_id = per_user >= USER_ID_MIN_INTERACTIONS  # saved with the checkpoint's hparams
+            if self.hparams.use_user_id:
+                self.user_tower.add_id()
         self.item_tower.build_neighbours(torch.as_tensor(self.data_facts.item_train_counts > 0, device=self.device))
         if self.item_item is not None:
             self.item_item.build(self.data_facts.train, self.num_items, self.item_tower.neighbours)
@@ -341,25 +353,38 @@ class MultimodalRecommender(RecommenderModule):
         finally:
             self.train(training)
 
+    def _use_item_item(self, cold_length: float, weight: float) -> None:
+        """Score with this ``item_item`` pair from now on, the catalogue's borrowed columns included."""
+        self.item_item.weight.fill_(weight)
+        if abs(self.item_item.cold_length.item() - cold_length) < 1e-6:
+            return
+        self.item_item.cold_length.fill_(cold_length)
+        if self._item_table is not None or self._item_chunks:
+            borrowed = self.item_item.borrowed
+            self._catalogue()[borrowed, -self.num_items :] = self.item_item.item_block(borrowed)
+
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """With ``item_item``, the users are ranked under each of its candidate weights, one metric each."""
+        """With ``item_item``, the users are ranked under each of its candidate pairs, one metric each."""
         if self.item_item is None or dataloader_idx == CATALOGUE:
             return super().validation_step(batch, batch_idx, dataloader_idx)
-        for weight, metrics in zip(self.item_item.weights, self.item_item_metrics, strict=True):
-            self.item_item.weight.fill_(weight)
+        for candidate, metrics in zip(self.item_item.candidates, self.item_item_metrics, strict=True):
+            self._use_item_item(*candidate)
             self._evaluation_step(batch, dataloader_idx, metrics)
 
     def on_validation_epoch_end(self) -> None:
-        """With ``item_item``, keep the weight whose ranking is best by its ``select_by`` (reduced over ranks, so
-        every rank keeps the same) and log that ranking's metrics as the validation metrics."""
+        """With ``item_item``, keep the pair whose ranking is best by its ``select_by`` (reduced over ranks, so
+        every rank keeps the same) and log that ranking's metrics as the validation metrics, and the towers'
+        own (weight 0) as ``val/towers/*``."""
         if self.item_item is None:
             return super().on_validation_epoch_end()
         computed = [metrics.compute() for metrics in self.item_item_metrics]
         if computed[0]["users"] > 0:
             best = int(torch.stack([values[self.item_item.select_by] for values in computed]).argmax())
-            self.item_item.weight.fill_(self.item_item.weights[best])
+            self._use_item_item(*self.item_item.candidates[best])
             self.log("val/item_item_weight", self.item_item.weight)
-            self._log_metrics(self.item_item_metrics[best], "val")
+            self.log("val/item_item_cold_length", self.item_item.cold_length)
+            self._log_values(computed[0], "val/towers")
+            self._log_values(computed[best], "val")
         for metrics in self.item_item_metrics:
             metrics.reset()
         self._log_item_outputs("val")

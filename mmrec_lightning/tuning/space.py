@@ -50,6 +50,23 @@ def suggest(trial: optuna.Trial, space: dict[str, dict[str, Any]]) -> dict[str, 
     return values
 
 
+def config_values(config: dict, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The values ``config`` itself has for the keys of ``space``, those inside their ranges: the trial that
+    stands for the config as it is."""
+    values = {}
+    for key, spec in space.items():
+        node: Any = config
+        for name in key.split("."):
+            node = node.get(name) if isinstance(node, dict) else None
+        if spec["type"] == "categorical":
+            inside = node in spec["choices"]
+        else:
+            inside = isinstance(node, int | float) and spec["low"] <= node <= spec["high"]
+        if inside:
+            values[key] = node
+    return values
+
+
 def with_values(config: dict, values: dict[str, Any]) -> dict:
     """A copy of ``config`` with each dotted key set (missing mappings on the way are created)."""
     config = copy.deepcopy(config)

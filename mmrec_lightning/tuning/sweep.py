@@ -2,13 +2,14 @@
 search with Optuna, chosen on validation, tested once.
 
 Each trial trains ``--config`` with the values its TPE sampler draws from the ``--space`` file (dotted config
-keys, see :mod:`mmrec_lightning.tuning.space`) and is scored by the best value of the metric its
-``ModelCheckpoint`` monitors; a median pruner stops trials whose validation curve falls behind. The study lives
-in a database (SQLite in the output folder unless ``--storage`` names another): a killed sweep resumes
-where it stopped, and several processes or nodes given the same storage share its trials, up to ``--trials``
-in total. Then the ``--top`` trials are trained again under each of ``--seeds``, the winner is the one with
-the best mean validation value, and only then is the test split read — once, for the winner. Written to the
-output folder: ``best.yaml`` (``fit --config best.yaml`` trains the winner), ``trials.csv`` and
+keys, see :mod:`mmrec_lightning.tuning.space`) — the first trial with the config's own values — and is scored
+by the best value of the metric its ``ModelCheckpoint`` monitors; a median pruner stops trials whose validation
+curve falls behind. The study lives in a database (SQLite in the output folder unless ``--storage`` names
+another): a killed sweep resumes where it stopped, and several processes or nodes given the same storage share
+its trials, up to ``--trials`` in total. Then the ``--top`` trials, and the config's own whatever its rank, are
+trained again under each of ``--seeds``, the winner is the one with the best mean validation value (so a sweep
+replaces the config only with a better one), and only then is the test split read — once, for the winner.
+Written to the output folder: ``best.yaml`` (``fit --config best.yaml`` trains the winner), ``trials.csv`` and
 ``reruns.csv``, each run's folder (``test/`` for the winner's test) and ``report.html``: every run's validation
 curve and the table of trials (the same command with ``--report_only`` writes it again, training nothing).
 """
@@ -42,7 +43,7 @@ from mmrec_lightning.cli import REPORTED, RecommenderCLI
 from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.report.results import read_test_metrics
 from mmrec_lightning.report.sweep import SweepRun, sweep_report
-from mmrec_lightning.tuning.space import read_space, suggest, with_values
+from mmrec_lightning.tuning.space import config_values, read_space, suggest, with_values
 
 CHECKPOINT = "mmrec_lightning.model_checkpoint.ModelCheckpoint"
 
@@ -138,6 +139,9 @@ def group(args: argparse.Namespace, output: Path) -> str | None:
     return (args.name or output.name) if args.wandb else None
 
 
+AS_CONFIGURED = "as_configured"  # marks the trial of the config's own values
+
+
 def trial_dir(output: Path, number: int) -> Path:
     """The folder of trial ``number``: its config, checkpoints and CSV logger's ``metrics.csv``."""
     return output / "trials" / f"trial-{number}"
@@ -216,8 +220,10 @@ def wait_for_others(sweep: optuna.Study, args: argparse.Namespace) -> bool:
 
 
 def rerun(args: argparse.Namespace, base: dict, finished: list, direction: str, output: Path) -> pd.DataFrame:
-    """The ``--top`` trials trained under each of ``--seeds``: their validation values."""
+    """The ``--top`` trials, and the config as it is if it is not among them, trained under each of ``--seeds``:
+    their validation values."""
     ranked = sorted(finished, key=lambda trial: trial.value, reverse=direction == "maximize")[: args.top]
+    ranked += [t for t in finished if t.user_attrs.get(AS_CONFIGURED) and t.number not in {r.number for r in ranked}]
     rows = []
     for trial in ranked:
         for seed in args.seeds:
@@ -358,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     output.mkdir(parents=True, exist_ok=True)
     sweep = study(args, direction, output)
+    if not sweep.trials:  # a new sweep: its first trial is the config as it is, so only a better trial replaces it
+        sweep.enqueue_trial(config_values(base, space), user_attrs={AS_CONFIGURED: True}, skip_if_exists=True)
     search(sweep, args, base, space, monitor, output)
     if args.search_only:
         return
