@@ -22,16 +22,17 @@ class UserTower(nn.Module):
     def __init__(self, num_users: int, dim: int, num_stats: int = 2, dropout: float = 0.0, use_id: bool = True) -> None:
         super().__init__()
         self.num_users, self.dim = num_users, dim
-        self.history = nn.Linear(dim, dim, bias=False)
-        self.stats = nn.Sequential(nn.Linear(num_stats, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.dropout = nn.Dropout(dropout)
         self.embedding: nn.Embedding | None = None
         if use_id:
             self.add_id()
+        self.history = nn.Linear(dim, dim, bias=False)
+        self.stats = nn.Sequential(nn.Linear(num_stats, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.dropout = nn.Dropout(dropout)
 
     def add_id(self) -> None:
         """Give the tower its user-ID embedding, for a model that decides on it once it has seen its data."""
-        self.embedding = nn.Embedding(self.num_users, self.dim, device=self.history.weight.device)
+        device = next((parameter.device for parameter in self.parameters()), None)  # built first in __init__
+        self.embedding = nn.Embedding(self.num_users, self.dim, device=device)
         nn.init.normal_(self.embedding.weight, std=0.1)
 
     def forward(
