@@ -150,15 +150,20 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=1000)
+def loading_parser(description: str, items: int, passes: int, output: str) -> argparse.ArgumentParser:
+    """The options of the image-loading benchmarks (this one and ``packed_images.py``), with their defaults."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=items)
     parser.add_argument("--source-size", type=int, default=256, help="side of the stored images")
     parser.add_argument("--size", type=int, default=224, help="side the model sees")
     parser.add_argument("--batch-size", type=int, default=64, help="items per turn (small: arms close in time)")
-    parser.add_argument("--passes", type=int, default=3, help="times each arm goes over the catalogue")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "data_loading.json"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--passes", type=int, default=passes, help="times each arm goes over the catalogue")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / output))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = loading_parser(__doc__, items=1000, passes=3, output="data_loading.json").parse_args(argv)
     torch.set_num_threads(1)  # as in a data-loader worker process
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,7 +20,6 @@ local; a network file system or an object store adds a round trip per file to th
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
-from data_loading import interleaved, paired_ratio
+from data_loading import interleaved, loading_parser, paired_ratio
 from peers import machine
 from results_file import publish
 
@@ -190,14 +189,8 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=3000)
+    parser = loading_parser(__doc__, items=3000, passes=1, output="packed_images.json")
     parser.add_argument("--distinct", type=int, default=200, help="distinct images drawn, repeated over the items")
-    parser.add_argument("--source-size", type=int, default=256, help="side of the stored images")
-    parser.add_argument("--size", type=int, default=224, help="side the model sees")
-    parser.add_argument("--batch-size", type=int, default=64, help="items per turn (small: arms close in time)")
-    parser.add_argument("--passes", type=int, default=1, help="times each arm goes over the catalogue")
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "packed_images.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in a data-loader worker process
 

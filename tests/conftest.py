@@ -159,6 +159,20 @@ def resumable_fit(model, data, directory: Path, epochs: int, interrupt: Interrup
     return model
 
 
+def fit_steps(model, data, steps: int) -> L.Trainer:
+    """``steps`` training steps of ``model`` on the datamodule ``data`` (connected here), without validation,
+    logger or checkpoints: the trainer, to save a checkpoint from."""
+    from mmrec_lightning.connect import connect
+
+    connect(model, data)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
 def losses_on_one_batch(model, batch, steps: int, optimizer) -> list[float]:
     """The training loss of ``steps`` optimizer steps on the same batch (a loss that falls is one that learns)."""
     model.train()

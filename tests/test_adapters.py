@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_BERT, TINY_SPEC, tiny_config
+from conftest import TINY_BERT, TINY_SPEC, fit_steps, tiny_config
 from transformers import AutoConfig, AutoModel
 
 from mmrec_lightning.cli import RecommenderCLI
-from mmrec_lightning.connect import connect
 from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.encoders.adapters import DIGEST_KEY, IA3, LoRA
 from mmrec_lightning.encoders.image import TimmImageEncoder
@@ -139,14 +138,7 @@ def test_the_optimizer_gets_only_the_adapters_of_the_encoders(sources):
 
 
 def _fit_one_step(model, data_dir) -> L.Trainer:
-    dm = RecDataModule(path=str(data_dir), batch_size=32, num_negatives=2, history_length=5)
-    connect(model, dm)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(model, datamodule=dm)
-    return trainer
+    return fit_steps(model, RecDataModule(path=str(data_dir), batch_size=32, num_negatives=2, history_length=5), 1)
 
 
 def test_checkpoints_hold_the_adapters_not_the_pretrained_weights_and_round_trip(sources, synthetic_dir, tmp_path):

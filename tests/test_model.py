@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from conftest import TINY_BERT, TINY_SPEC, losses_on_one_batch
+from conftest import TINY_BERT, TINY_SPEC, fit_steps, losses_on_one_batch, write_synthetic
 from PIL import Image
 
 from mmrec_lightning.connect import connect
@@ -280,18 +280,10 @@ def test_a_new_item_is_placed_from_its_content_as_a_cold_catalogue_item_is(synth
 @pytest.mark.parametrize(("per_user", "expected"), [(12, False), (40, True)])  # about 8 and 27 in training
 def test_the_user_id_is_decided_by_the_interactions_per_user_and_kept_in_the_checkpoint(per_user, expected, tmp_path):
     spec = syn.SyntheticSpec(users=20, items=80, seed=1, image_size=32, interactions_per_user=per_user)
-    data = syn.generate(spec)
-    path = write_prepared(tmp_path / "data", interactions=data.interactions, items=data.items, users=data.users,
-                          metadata=data.metadata)  # fmt: skip
+    path = write_synthetic(tmp_path / "data", spec)
     model = MultimodalRecommender(num_users=spec.users, num_items=spec.items, embed_dim=8, top_k=[5])
     assert model.user_tower.embedding is None  # undecided until the data is seen
-    dm = RecDataModule(path=str(path), batch_size=64, history_length=3)
-    connect(model, dm)
-    trainer = L.Trainer(
-        accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, datamodule=dm)
+    trainer = fit_steps(model, RecDataModule(path=str(path), batch_size=64, history_length=3), 2)
     assert (model.user_tower.embedding is not None) is expected
     assert model.hparams.use_user_id is expected
     trainer.save_checkpoint(tmp_path / "model.ckpt")
