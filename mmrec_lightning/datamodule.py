@@ -47,7 +47,9 @@ class RecDataModule(L.LightningDataModule):
         history: which items describe the user of a training example: ``preceding`` (those just before the
             positive in time, for next-item prediction), ``others`` (the user's latest training items other than
             the positive, as evaluation shows them when held-out interactions fall anywhere in time), or
-            ``auto``: ``preceding`` for leave-one-out and temporal splits, ``others`` for the rest.
+            ``auto``: ``preceding`` for leave-one-out and temporal splits, ``others`` for the rest. For a
+            sequential model, what each position of a user's sequence predicts: the next item (``preceding``)
+            or another of the user's training items not yet in the sequence (``others``).
         num_workers: data-loader worker processes (image decoding and tokenisation run there).
         pin_memory: pin host memory for faster copies to the GPU.
         mask_valid_at_test: at test, also remove validation items from the ranking (RecBole's protocol);
@@ -113,8 +115,8 @@ class RecDataModule(L.LightningDataModule):
     def connect(self, preprocessing: ItemPreprocessing, sequence_length: int | None = None) -> None:
         """What the model needs of the data: how item content is prepared (its encoders' transforms and
         tokenizer; nothing by default, for models that read no content), and, for a sequential model, the
-        length of its histories: it then trains on users' item sequences (next-item prediction at every
-        position) and is evaluated on the latest ``sequence_length`` training items of each user."""
+        length of its histories: it then trains on users' item sequences (a target at every position, see
+        ``history``) and is evaluated on the latest ``sequence_length`` training items of each user."""
         self.preprocessing = preprocessing
         self.sequence_length = sequence_length
 
@@ -203,7 +205,9 @@ class RecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         if self.sequence_length is not None:
-            dataset = TrainSequences(self.facts.train, self.num_items, hp.num_negatives, self.sequence_length, hp.seed)
+            dataset = TrainSequences(
+                self.facts.train, self.num_items, hp.num_negatives, self.sequence_length, hp.seed, self.history_mode
+            )
             collate = SequenceCollator(self._content(), hp.seed)
         else:
             dataset = TrainInteractions(

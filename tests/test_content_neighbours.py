@@ -1,4 +1,5 @@
-"""The content-neighbours modality: each item's nearest trained items by content, and their ID embeddings."""
+"""Content neighbours: each item's nearest trained items by content, their ID embeddings as a modality, and
+without IDs their vectors for the items that never occurred in training."""
 
 import pytest
 import torch
@@ -55,9 +56,41 @@ def test_the_item_tower_gives_a_cold_item_its_neighbours_vector_and_the_gradient
     assert touched.tolist() == [True, True, False, False, False, False]  # only the neighbours' rows
 
 
-def test_neighbours_need_the_item_id_and_precomputed_features():
-    with pytest.raises(ConfigurationError, match="use_item_id"):
+def _text_tower(tmp_path, **options) -> ItemTower:
+    from mmrec_lightning.features.encoder import ItemFeatures
+    from mmrec_lightning.features.files import feature_file, save_features
+
+    save_features(feature_file(tmp_path, "text"), TEXT.numpy())
+    return ItemTower(6, 3, AttentionFusion, text_encoder=ItemFeatures(str(feature_file(tmp_path, "text"))), **options)
+
+
+def test_without_item_ids_an_untrained_item_is_placed_at_its_neighbours_mean_vector(tmp_path):
+    torch.manual_seed(0)
+    tower = _text_tower(tmp_path, use_item_id=False, neighbours=ContentNeighbours(k=2, image_weight=0.0))
+    assert tower.modalities == ["text"]  # no "neighbours" modality: nothing is fused from them
+    tower.build_neighbours(TRAINED)
+    tower.eval()
+    ids = torch.arange(6)
+    with torch.no_grad():
+        placed = tower({"item_ids": ids}).vectors
+        tower.neighbours = None
+        own = tower({"item_ids": ids}).vectors
+    assert torch.equal(placed[TRAINED], own[TRAINED])  # trained items keep their own vectors
+    theirs = own[[0, 1]]  # item 2 never occurred in training; by text its nearest trained items are 0 and 1
+    direction = torch.nn.functional.normalize(torch.nn.functional.normalize(theirs, dim=1).mean(0), dim=0)
+    torch.testing.assert_close(placed[2], direction * theirs.norm(dim=1).mean())
+
+
+def test_neighbours_need_precomputed_features_and_without_item_ids_only_them(tmp_path):
+    from mmrec_lightning.encoders.image import TimmImageEncoder
+
+    with pytest.raises(ConfigurationError, match="precomputed features"):
         ItemTower(6, 2, AttentionFusion, use_item_id=True, neighbours=ContentNeighbours())
+    text = _text_tower(tmp_path).text_encoder
+    image = TimmImageEncoder("test_efficientnet", image_size=32)  # encodes images: its neighbours' vectors need them
+    ItemTower(6, 2, AttentionFusion, image, text, use_item_id=True, neighbours=ContentNeighbours())
+    with pytest.raises(ConfigurationError, match="every encoder"):
+        ItemTower(6, 2, AttentionFusion, image, text, use_item_id=False, neighbours=ContentNeighbours())
 
 
 def test_alignment_pairs_each_trained_items_content_vector_with_its_id_vector(tmp_path):

@@ -37,6 +37,16 @@ MODELS = {
             "item_item": {"class_path": "mmrec_lightning.towers.EASE", "init_args": {"l2": 10.0}},
         },
     ),
+    "sequential-id-free": (  # untrained items placed at their content neighbours' mean vector
+        "MultimodalRecommender",
+        {
+            "image_encoder": FEATURES["image_features"],
+            "text_encoder": FEATURES["text_features"],
+            "use_item_id": False,
+            "content_neighbours": {"class_path": "mmrec_lightning.towers.ContentNeighbours", "init_args": {"k": 3}},
+            "sequence_encoder": {"class_path": "mmrec_lightning.towers.SequenceEncoder", "init_args": {"max_length": 6}},
+        },
+    ),
     "popularity": ("Popularity", {}),
     "ease": ("EASERecommender", {"l2": 10.0}),
     "bpr": ("MatrixFactorization", {"embed_dim": 8}),

@@ -66,6 +66,27 @@ def test_training_sequences_predict_each_next_item_of_the_latest_items_against_u
     assert not np.isin(batch["negatives"][1], train.row(2)).any()
 
 
+def test_training_sequences_for_a_random_split_target_the_items_each_position_has_not_seen():
+    # history="others": the latest max_length items as evaluation reads them; a position's target is any of the
+    # user's training items outside the sequence so far (before it or later in it), drawn anew each epoch
+    train = SplitIndex(indptr=np.array([0, 10, 11, 14]), items=np.array([*range(10), 11, 5, 6, 7]), times=np.zeros(14))
+    dataset = TrainSequences(train, num_items=12, num_negatives=2, max_length=4, seed=0, history="others")
+    batch = dataset[(np.array([0, 1]), 0)]
+    assert batch["sequence"].tolist() == [[6, 7, 8, 9], [5, 6, 0, 0]]  # user 2's last item has nothing left
+    assert batch["sequence_mask"].tolist() == [[True] * 4, [True, True, False, False]]
+    assert batch["negatives"].shape == (2, 4, 2)
+    seen = [[set() for _ in range(4)], [set() for _ in range(2)]]
+    for epoch in range(200):
+        batch = dataset[(np.array([0, 1]), epoch)]
+        for row, width in enumerate((4, 2)):
+            for position in range(width):
+                seen[row][position].add(int(batch["targets"][row, position]))
+    assert seen[0] == [{*range(6), 7, 8, 9}, {*range(6), 8, 9}, {*range(6), 9}, {*range(6)}]
+    assert seen[1] == [{6, 7}, {7}]
+    again = dataset[(np.array([0, 1]), 199)]
+    assert all(np.array_equal(again[key], batch[key]) for key in ("targets", "negatives"))
+
+
 @pytest.fixture(scope="module")
 def featured_dir(synthetic_dir, tmp_path_factory):
     import shutil
@@ -110,7 +131,9 @@ def test_next_item_loss_falls(kind, featured_dir):
     connect(model, data)
     data.setup("fit")
     model.setup("fit")
-    batch = next(iter(data.train_dataloader()))
+    loader = data.train_dataloader()
+    assert loader.dataset.history == "others"  # the synthetic split is random: held-out items fall anywhere
+    batch = next(iter(loader))
     assert batch["sequence"].shape[1] == MAX_LENGTH  # the model's history length reached the data
     losses = losses_on_one_batch(model, batch, 25, torch.optim.Adam(model.parameters(), lr=1e-2))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses

@@ -158,19 +158,35 @@ class TrainCollator:
 
 
 class TrainSequences(Dataset):
-    """One example per user with at least two training items, for next-item prediction at every position:
-    the user's latest ``max_length + 1`` training items, oldest first, as a ``sequence`` (all but the last)
-    and its ``targets`` (each item's successor), padded at the end, with sampled negatives per position
-    (never one of the user's training items).
+    """One example per user with at least two training items, a target at every position of the user's
+    latest training items (oldest first, padded at the end, with sampled negatives per position, never one of
+    the user's training items).
 
-    Indexed a batch at a time by ``(indices, epoch)`` like :class:`TrainInteractions`, negatives drawn from
-    (seed, epoch, first index of the batch).
+    What a position predicts follows ``history`` (see :class:`TrainInteractions`): with ``"preceding"``, the
+    item that follows it (next-item prediction; the sequence is the latest ``max_length + 1`` items but the
+    last); with ``"others"``, one of the user's training items not yet in the sequence, drawn at random each
+    epoch — from later in the sequence or from before it (the sequence is the latest ``max_length`` items, as
+    evaluation reads them). The second is what a random split asks: its held-out items fall anywhere in the
+    user's time line, not after the latest one (a dense "all actions" target, as in PinnerFormer, Pancha et
+    al. 2022, over the whole history rather than a future window).
+
+    Indexed a batch at a time by ``(indices, epoch)`` like :class:`TrainInteractions`, negatives and targets
+    drawn from (seed, epoch, first index of the batch).
     """
 
-    def __init__(self, train: SplitIndex, num_items: int, num_negatives: int, max_length: int, seed: int) -> None:
+    def __init__(
+        self,
+        train: SplitIndex,
+        num_items: int,
+        num_negatives: int,
+        max_length: int,
+        seed: int,
+        history: HistoryMode = "preceding",
+    ) -> None:
         self.train = train
         self.max_length = max_length
         self.seed = seed
+        self.history = history
         self.users = np.flatnonzero(train.lengths() >= 2)
         self._negatives = NegativeSampler(train, num_items, num_negatives)
 
@@ -180,21 +196,33 @@ class TrainSequences(Dataset):
     def __getitem__(self, key: tuple[np.ndarray, int]) -> dict[str, Any]:
         indices, epoch = key
         users = self.users[np.asarray(indices, dtype=np.int64)]
-        windows = [self.train.row(user)[-(self.max_length + 1) :] for user in users]
-        width = max(len(window) for window in windows) - 1
-        sequence = np.zeros((len(users), width), dtype=np.int64)
-        targets = np.zeros_like(sequence)
-        mask = np.zeros(sequence.shape, dtype=bool)
-        for row, window in enumerate(windows):
-            sequence[row, : len(window) - 1], targets[row, : len(window) - 1] = window[:-1], window[1:]
-            mask[row, : len(window) - 1] = True
+        train = self.train
+        lengths = train.indptr[users + 1] - train.indptr[users]
+        targeted = np.minimum(lengths - 1, self.max_length)  # positions with a target: every one but a last
+        # item without a successor (or, with "others", the last of a whole history: nothing is left for it)
+        if self.history == "preceding":
+            first = lengths - 1 - targeted
+        else:
+            first = lengths - np.minimum(lengths, self.max_length)
+        width = int(targeted.max())
+        offsets = np.arange(width)[None, :]
+        mask = offsets < targeted[:, None]
+        starts = train.indptr[users][:, None]
+        sequence = np.where(mask, train.items[starts + np.minimum(first[:, None] + offsets, lengths[:, None] - 1)], 0)
         rng = example_rng(self.seed, epoch, int(indices[0]))
         negatives = self._negatives(rng, np.repeat(users, width)).reshape(len(users), width, -1)
+        if self.history == "preceding":
+            target_positions = first[:, None] + offsets + 1
+        else:  # uniform over the items outside positions first..first+t: before the sequence, or after t in it
+            outside = lengths[:, None] - offsets - 1
+            draw = np.floor(rng.random(mask.shape) * np.maximum(outside, 1)).astype(np.int64)
+            target_positions = np.where(draw < first[:, None], draw, draw + offsets + 1)
+        targets = np.where(mask, train.items[starts + np.minimum(target_positions, lengths[:, None] - 1)], 0)
         return {
             "key": (int(indices[0]), epoch),
             "users": users,
-            "sequence": sequence,
-            "targets": targets,
+            "sequence": sequence.astype(np.int64),
+            "targets": targets.astype(np.int64),
             "sequence_mask": mask,
             "negatives": negatives,
         }

@@ -71,9 +71,10 @@ class MultimodalRecommender(RecommenderModule):
         rating_weight: λ of the rating-prediction loss.
         loss_weighting: ``fixed`` keeps the λ; ``uncertainty`` learns them (Kendall et al. 2018), starting
             from the λ.
-        content_neighbours: the "neighbours" modality: the mean ID embedding of each item's nearest trained
-            items by content (``ContentNeighbours``; needs ``use_item_id`` and precomputed features), which
-            gives cold items a collaborative vector; or none.
+        content_neighbours: each item's nearest trained items by content (``ContentNeighbours``; needs
+            precomputed features), which give cold items a collaborative vector: with ``use_item_id`` the
+            "neighbours" modality, their mean ID embedding; without (the ID-free model), an item that never
+            occurred in training is placed at their mean item vector. Or none.
         item_item: a closed-form item–item term added to the towers' score (``EASE``: each of the user's known
             items votes for the items that co-occur with it; its weight, and the length of cold items' borrowed
             columns, chosen on validation), or none.

@@ -14,8 +14,9 @@ SIMILARITY_BLOCK = 1 << 25  # similarities held at once while a kNN graph is bui
 
 
 class ContentNeighbours(nn.Module):
-    """The "neighbours" modality of the item tower: the mean ID embedding of the ``k`` items most similar to an
-    item by content, among the items that occur in training.
+    """The ``k`` items most similar to an item by content, among the items that occur in training. With item
+    IDs they are the "neighbours" modality of the item tower: their mean ID embedding. Without (the ID-free
+    model), an item that never occurred in training is placed at their mean item vector.
 
     Graph propagation over a frozen content kNN graph is what makes FREEDOM (Zhou & Shen, MM 2023) and LATTICE
     strong; as a modality it also reaches items whose own ID embedding never trained: a cold item gets the
@@ -38,6 +39,7 @@ class ContentNeighbours(nn.Module):
         self.k, self.image_weight = k, image_weight
         self.register_buffer("index", None, persistent=False)
         self.register_buffer("available", None, persistent=False)
+        self.register_buffer("candidates", None, persistent=False)
 
     def _weights(self, modalities: list[str]) -> dict[str, float]:
         if len(modalities) == 1:
@@ -66,12 +68,23 @@ class ContentNeighbours(nn.Module):
             index[rows] = similarity.topk(k, dim=1).indices
         self.index = index.to(trained.device)
         self.available = has_content.to(trained.device)
+        self.candidates = candidates.to(trained.device)
+
+    def _built(self) -> None:
+        if self.index is None:
+            raise RuntimeError("ContentNeighbours.build must run before the item tower is used (the model's setup)")
+
+    def untrained(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """Which of ``item_ids`` ``[B]`` have content but never occurred in training (a new item, id -1: none
+        of the catalogue's neighbours were found for it)."""
+        self._built()
+        ids = item_ids.clamp(min=0)
+        return (item_ids >= 0) & self.available[ids] & ~self.candidates[ids]
 
     def forward(self, item_ids: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mean of the neighbours' rows of ``embedding`` ``[B, D]`` and which items have neighbours ``[B]``;
         an item outside the catalogue (id -1) has none."""
-        if self.index is None:
-            raise RuntimeError("ContentNeighbours.build must run before the item tower is used (the model's setup)")
+        self._built()
         known = item_ids >= 0
         ids = item_ids.clamp(min=0)
         neighbours = self.index.index_select(0, ids)

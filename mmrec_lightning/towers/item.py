@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
@@ -48,8 +49,10 @@ class ItemTower(nn.Module):
         text_encoder: optional text encoder, or the catalogue's precomputed text features.
         use_item_id: whether the item-ID embedding is a modality.
         modality_dropout: training-time probability of hiding each available modality.
-        neighbours: the "neighbours" modality, the ID embeddings of each item's nearest trained items by
-            content (needs ``use_item_id`` and precomputed features), or none.
+        neighbours: each item's nearest trained items by content (needs precomputed features): with
+            ``use_item_id``, the "neighbours" modality, their mean ID embedding; without, an item that never
+            occurred in training is their mean vector (then every content encoder must be precomputed
+            features); or none.
         cache_frozen: keep the output of each frozen encoder per item in memory after its first encoding, so
             training with frozen encoders runs at embedding speed (frozen image encoders then see the
             deterministic evaluation transform, see ``augment_images``).
@@ -87,11 +90,15 @@ class ItemTower(nn.Module):
             self.modalities.append("id")
         self.neighbours = neighbours
         if neighbours is not None:
-            if not use_item_id or not self.features:
+            content = [encoder for encoder in (image_encoder, text_encoder) if encoder is not None]
+            if not self.features or not (use_item_id or all(isinstance(e, ItemFeatures) for e in content)):
                 raise ConfigurationError(
-                    "model.content_neighbours needs use_item_id and precomputed features (ItemFeatures) as an encoder"
+                    "model.content_neighbours needs precomputed features (ItemFeatures) as an encoder, and, without "
+                    "use_item_id, as every encoder (an untrained item is placed at its neighbours' mean vector, "
+                    "computed from their features)"
                 )
-            self.modalities.append("neighbours")
+            if use_item_id:
+                self.modalities.append("neighbours")
         if not self.modalities:
             raise ConfigurationError("model: configure at least one of image_encoder, text_encoder and use_item_id")
         self.fusion = fusion(len(self.modalities), dim)
@@ -174,4 +181,20 @@ class ItemTower(nn.Module):
             dropped = available & (torch.rand(available.shape, device=available.device) >= self.modality_dropout)
             mask = torch.where(dropped.any(1, keepdim=True), dropped, available)
         vectors, weights = self.fusion(h, mask)
+        if self.neighbours is not None and "id" not in self.modalities:
+            vectors = self._placed_by_neighbours(items["item_ids"], vectors)
         return ItemEncoding(vectors, weights, h, available)
+
+    def _placed_by_neighbours(self, item_ids: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """Without item IDs: the vectors of items that never occurred in training replaced by the mean vector of
+        their content neighbours. The projection of an untrained item's content is an extrapolation from the
+        trained items; their fitted vectors carry what users did with items like it (on the MovieLens cold
+        split this raised cold items' Recall@20 threefold and the overall one too, docs/sequential.md)."""
+        untrained = self.neighbours.untrained(item_ids)
+        if not bool(untrained.any()):
+            return vectors
+        neighbours = self.neighbours.index[item_ids[untrained]]  # trained items: encoded without borrowing
+        theirs = self({"item_ids": neighbours.flatten()}).vectors.view(*neighbours.shape, -1)
+        # their mean direction at their mean length: each neighbour counts alike, whatever its vector's length
+        borrowed = F.normalize(F.normalize(theirs, dim=-1).mean(1), dim=-1) * theirs.norm(dim=-1).mean(1, keepdim=True)
+        return vectors.index_put((untrained.nonzero().flatten(),), borrowed.to(vectors.dtype))
