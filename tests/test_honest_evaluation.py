@@ -44,7 +44,10 @@ MODELS = {
             "text_encoder": FEATURES["text_features"],
             "use_item_id": False,
             "content_neighbours": {"class_path": "mmrec_lightning.towers.ContentNeighbours", "init_args": {"k": 3}},
-            "sequence_encoder": {"class_path": "mmrec_lightning.towers.SequenceEncoder", "init_args": {"max_length": 6}},
+            "sequence_encoder": {
+                "class_path": "mmrec_lightning.towers.SequenceEncoder",
+                "init_args": {"max_length": 6},
+            },
         },
     ),
     "popularity": ("Popularity", {}),
