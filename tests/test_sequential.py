@@ -21,13 +21,15 @@ from mmrec_lightning.towers.sequence import SequenceEncoder
 MAX_LENGTH = 6
 
 
-def _encoder(seed: int = 0) -> SequenceEncoder:
+def _encoder(seed: int = 0, history_mean: bool = False) -> SequenceEncoder:
     torch.manual_seed(seed)
-    return SequenceEncoder(8, max_length=MAX_LENGTH, num_layers=2, num_heads=2, dropout=0.0).eval()
+    encoder = SequenceEncoder(8, MAX_LENGTH, num_layers=2, num_heads=2, dropout=0.0, history_mean=history_mean)
+    return encoder.eval()
 
 
-def test_a_position_never_sees_later_items():
-    encoder = _encoder()
+@pytest.mark.parametrize("history_mean", [False, True])
+def test_a_position_never_sees_later_items(history_mean):
+    encoder = _encoder(history_mean=history_mean)
     items, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
     changed = items.clone()
     changed[:, 3] = torch.randn(2, 8)
@@ -37,8 +39,9 @@ def test_a_position_never_sees_later_items():
     assert not torch.allclose(before[:, 3:], after[:, 3:])
 
 
-def test_padding_changes_no_state_and_the_user_is_the_state_after_the_latest_item():
-    encoder = _encoder()
+@pytest.mark.parametrize("history_mean", [False, True])
+def test_padding_changes_no_state_and_the_user_is_the_state_after_the_latest_item(history_mean):
+    encoder = _encoder(history_mean=history_mean)
     items = torch.randn(1, 3, 8)
     padded = torch.cat([items, torch.randn(1, 2, 8)], dim=1)  # two padding positions with garbage in them
     mask = torch.tensor([[True, True, True, False, False]])
@@ -50,6 +53,15 @@ def test_padding_changes_no_state_and_the_user_is_the_state_after_the_latest_ite
     torch.testing.assert_close(with_padding[:, :3], plain, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(user, plain[:, 2], atol=1e-5, rtol=1e-5)
     assert torch.equal(nobody, torch.zeros(1, 8))  # a user without history: no NaN, no signal
+
+
+def test_the_history_mean_adds_the_average_of_the_items_so_far_to_each_state():
+    items = torch.randn(1, 4, 8)
+    mask = torch.tensor([[True, True, True, False]])
+    with torch.no_grad():
+        plain, with_mean = _encoder()(items, mask), _encoder(history_mean=True)(items, mask)  # the same weights
+    means = torch.stack([items[0, : t + 1].mean(0) for t in range(3)]) * 8**0.5  # scaled as the inputs are
+    torch.testing.assert_close(with_mean[0, :3], plain[0, :3] + means)
 
 
 def test_training_sequences_predict_each_next_item_of_the_latest_items_against_unseen_negatives():

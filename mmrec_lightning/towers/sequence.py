@@ -25,16 +25,28 @@ class SequenceEncoder(nn.Module):
         num_layers: transformer blocks.
         num_heads: attention heads (must divide D).
         dropout: dropout on the inputs, attention and feed-forward outputs.
+        history_mean: add to each state the mean of the item vectors up to it (scaled as the inputs are), so a
+            user is also their average item — the user tower's summary, which attention would have to learn to
+            compute. It carries a taste as a whole where what is held out is not the next item (random splits)
+            and, for content-only items, places the users near the content they chose (docs/sequential.md).
     """
 
-    def __init__(self, dim: int, max_length: int = 50, num_layers: int = 2, num_heads: int = 1, dropout: float = 0.2):
+    def __init__(
+        self,
+        dim: int,
+        max_length: int = 50,
+        num_layers: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.2,
+        history_mean: bool = False,
+    ):
         super().__init__()
         if max_length < 1 or dim % num_heads:
             raise ConfigurationError(
                 f"sequence_encoder: max_length must be >= 1 and num_heads must divide the vector size {dim}, got "
                 f"max_length={max_length}, num_heads={num_heads}"
             )
-        self.dim, self.max_length = dim, max_length
+        self.dim, self.max_length, self.history_mean = dim, max_length, history_mean
         self.positions = nn.Embedding(max_length, dim)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
@@ -54,7 +66,11 @@ class SequenceEncoder(nn.Module):
         # a history without items would leave its first query nothing to attend to (NaN): let it see its padding
         keys = ~mask.clone()
         keys[:, 0] = False
-        return self.blocks(x, mask=causal, src_key_padding_mask=keys, is_causal=True)
+        states = self.blocks(x, mask=causal, src_key_padding_mask=keys, is_causal=True)
+        if not self.history_mean:
+            return states
+        scaled = items * math.sqrt(self.dim) * mask.unsqueeze(-1)
+        return states + scaled.cumsum(1) / mask.cumsum(1).clamp(min=1).unsqueeze(-1)
 
     def last(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The state ``[B, D]`` after each history's latest item (zero for an empty history)."""
