@@ -153,15 +153,11 @@ class RecDataModule(L.LightningDataModule):
             packed.check(dataset)
 
     @property
-    def _time_ordered_split(self) -> bool:
-        return self.facts.dataset.metadata.get("split", {}).get("method") in ("loo", "temporal")
-
-    @property
     def history_mode(self) -> HistoryMode:
         """The training history, ``data.history`` with ``auto`` resolved by how the dataset was split."""
         if self.hparams.history != "auto":
             return self.hparams.history
-        return "preceding" if self._time_ordered_split else "others"
+        return "preceding" if self.facts.time_ordered else "others"
 
     # --- loaders ---------------------------------------------------------------------------------------
 
@@ -232,7 +228,7 @@ class RecDataModule(L.LightningDataModule):
         known, also_exclude = self.facts.train, None
         if split != "valid":
             test_history = self.hparams.test_history
-            if test_history == "train_and_valid" or (test_history == "auto" and self._time_ordered_split):
+            if test_history == "train_and_valid" or (test_history == "auto" and self.facts.time_ordered):
                 known = known.merged(data.split("valid"))
             elif self.hparams.mask_valid_at_test:
                 also_exclude = data.split("valid")

@@ -64,6 +64,24 @@ def test_the_history_mean_adds_the_average_of_the_items_so_far_to_each_state():
     torch.testing.assert_close(with_mean[0, :3], plain[0, :3] + means)
 
 
+@pytest.mark.parametrize(("method", "expected"), [("random", True), ("loo", False), ("temporal", False)])
+def test_an_automatic_history_mean_is_on_for_random_splits_only(method, expected, featured_dir, tmp_path):
+    import json
+    import shutil
+
+    path = tmp_path / "data"
+    shutil.copytree(featured_dir, path)
+    metadata = json.loads((path / "metadata.json").read_text())
+    metadata["split"]["method"] = method
+    (path / "metadata.json").write_text(json.dumps(metadata))
+    model = _sasrec(history_mean="auto")
+    connect(model, RecDataModule(path=str(path)))
+    with pytest.raises(RuntimeError, match="use_split"):
+        model.sequence_encoder(torch.randn(1, 2, model.sequence_encoder.dim), torch.ones(1, 2, dtype=torch.bool))
+    model.setup("fit")
+    assert model.sequence_encoder.history_mean is expected
+
+
 def test_training_sequences_predict_each_next_item_of_the_latest_items_against_unseen_negatives():
     # user 0: items 0..9 in time order; user 1: a single item (nothing to predict); user 2: 5, 6, 7
     train = SplitIndex(indptr=np.array([0, 10, 11, 14]), items=np.array([*range(10), 11, 5, 6, 7]), times=np.zeros(14))
@@ -110,13 +128,13 @@ def featured_dir(synthetic_dir, tmp_path_factory):
     return path
 
 
-def _sasrec() -> SASRec:
+def _sasrec(history_mean: bool | str = False) -> SASRec:
     torch.manual_seed(0)
     return SASRec(
         num_users=TINY_SPEC.users,
         num_items=TINY_SPEC.items,
         embed_dim=8,
-        sequence_encoder=partial(SequenceEncoder, max_length=MAX_LENGTH, dropout=0.0),
+        sequence_encoder=partial(SequenceEncoder, max_length=MAX_LENGTH, dropout=0.0, history_mean=history_mean),
         top_k=[5],
     )
 

@@ -57,6 +57,12 @@ class DataFacts:
         """``[items]`` training interactions of each item."""
         return np.bincount(self.train.items, minlength=self.num_items)
 
+    @property
+    def time_ordered(self) -> bool:
+        """Whether what is held out follows the training data in time (leave-one-out and temporal splits), rather
+        than falling anywhere in a user's time line (random splits)."""
+        return self.dataset.metadata.get("split", {}).get("method") in ("loo", "temporal")
+
     @cached_property
     def cold_items(self) -> np.ndarray:
         """``[items]`` bool: the items test metrics count as cold — the split's designated cold items where it

@@ -236,6 +236,8 @@ class MultimodalRecommender(RecommenderModule):
             self.hparams.use_user_id = per_user >= USER_ID_MIN_INTERACTIONS  # saved with the checkpoint's hparams
             if self.hparams.use_user_id:
                 self.user_tower.add_id()
+        if self.sequence_encoder is not None:
+            self.sequence_encoder.use_split(self.data_facts.time_ordered)
         self.item_tower.build_neighbours(torch.as_tensor(self.data_facts.item_train_counts > 0, device=self.device))
         if self.item_item is not None:
             self.item_item.build(self.data_facts.train, self.num_items, self.item_tower.neighbours)

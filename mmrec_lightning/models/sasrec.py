@@ -34,6 +34,10 @@ class SASRec(RecommenderModule):
         nn.init.xavier_normal_(self.item_embedding.weight)
         self.sequence_encoder = sequence_encoder(embed_dim)
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.sequence_encoder.use_split(self.data_facts.time_ordered)
+
     def default_loss(self) -> RecommendationLoss:
         return BCELoss()
 

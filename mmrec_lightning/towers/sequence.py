@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -29,6 +30,8 @@ class SequenceEncoder(nn.Module):
             user is also their average item — the user tower's summary, which attention would have to learn to
             compute. It carries a taste as a whole where what is held out is not the next item (random splits)
             and, for content-only items, places the users near the content they chose (docs/sequential.md).
+            ``auto``: on for data split at random, off for leave-one-out and temporal splits, where the latest
+            items matter most (decided by the model when it meets its data, :meth:`use_split`).
     """
 
     def __init__(
@@ -38,7 +41,7 @@ class SequenceEncoder(nn.Module):
         num_layers: int = 2,
         num_heads: int = 1,
         dropout: float = 0.2,
-        history_mean: bool = False,
+        history_mean: bool | Literal["auto"] = False,
     ):
         super().__init__()
         if max_length < 1 or dim % num_heads:
@@ -54,6 +57,11 @@ class SequenceEncoder(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, num_layers, norm=nn.LayerNorm(dim), enable_nested_tensor=False)
 
+    def use_split(self, time_ordered: bool) -> None:
+        """Resolve ``history_mean="auto"`` for data whose held-out items follow the training ones in time or not."""
+        if self.history_mean == "auto":
+            self.history_mean = not time_ordered
+
     def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """States ``[B, L, D]`` of histories ``items`` ``[B, L, D]``, oldest first and padded at the end
         (``mask`` ``[B, L]`` is True on items). State t depends on items 0..t only; padding changes no state."""
@@ -67,6 +75,8 @@ class SequenceEncoder(nn.Module):
         keys = ~mask.clone()
         keys[:, 0] = False
         states = self.blocks(x, mask=causal, src_key_padding_mask=keys, is_causal=True)
+        if self.history_mean == "auto":
+            raise RuntimeError("SequenceEncoder.use_split must resolve history_mean='auto' before it encodes")
         if not self.history_mean:
             return states
         scaled = items * math.sqrt(self.dim) * mask.unsqueeze(-1)
