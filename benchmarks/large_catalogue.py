@@ -153,7 +153,7 @@ def _name(setting: tuple[int, int, int]) -> str:
 def measure(users: torch.Tensor, items: torch.Tensor, excluded: torch.Tensor, user_chunk: int, item_chunk: int):
     """Seconds and working memory (MB above the RSS before) of ranking ``users`` against ``items``."""
     reset_peak()
-    before = memory_kb("VmRSS")
+    before = memory_kb("VmHWM")  # the RSS at the reset: a high-water mark cannot end below it, the RSS read later can
     start = time.perf_counter()
     rank_all(users, items, excluded, user_chunk, item_chunk)
     seconds = time.perf_counter() - start
