@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -52,3 +53,14 @@ def sync_directory(directory: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def replace_folder(staging: Path, path: Path) -> None:
+    """Put the finished folder ``staging`` (beside ``path``) in place of ``path``: a reader finds the old folder or
+    all of the new one, never a mix of the two (between the two renames, for an instant, neither)."""
+    previous = temporary_beside(path)
+    if path.exists():
+        os.replace(path, previous)
+    os.replace(staging, path)
+    sync_directory(path.parent)
+    shutil.rmtree(previous, ignore_errors=True)

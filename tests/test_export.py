@@ -107,6 +107,33 @@ def test_the_export_command_runs_predict_with_the_exporter(exported, monkeypatch
     assert not (target / ".parts").exists()
 
 
+def test_an_export_replaces_an_earlier_one_whole_and_a_failed_one_leaves_it_as_it_was(exported, monkeypatch, tmp_path):
+    _, _, config, best = exported
+    target = tmp_path / "served"
+    export = ["predict", "--config", str(config), "--ckpt_path", best, "--export.enabled=true"]
+    RecommenderCLI(args=[*export, f"--export.directory={target}"])
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("mmrec_lightning.export.exporter.save_index", fail)
+    with pytest.raises(OSError, match="disk full"):
+        RecommenderCLI(args=[*export, f"--export.directory={target}"])
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before  # not a mix of two exports
+    monkeypatch.undo()
+    RecommenderCLI(args=[*export, f"--export.directory={target}"])  # the killed run's leftovers are cleared
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["served"]
+    assert (target / "recommend.faiss").is_file()
+
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(ConfigurationError, match="notes is not an export"):
+        RecommenderCLI(args=[*export, f"--export.directory={foreign}"])
+    assert (foreign / "todo.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("metric", ["inner_product", "cosine"])
 def test_approximate_indexes_find_the_exact_neighbours_of_clustered_vectors(metric):
     rng = np.random.default_rng(0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from mmrec_lightning.atomic import replace_folder
 from mmrec_lightning.callbacks import run_directory
 from mmrec_lightning.encoders.base import FreezableEncoder
+from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.export.index import IndexKind, build_index, save_index
 from mmrec_lightning.export.manifest import MANIFEST, item_output_file
 from mmrec_lightning.features.matrices import RowParts, finish_parts, start_parts
@@ -33,6 +34,9 @@ class VectorExporter(BasePredictionWriter):
         similar.faiss                       items by cosine similarity to an item vector
         export.json                         model, checkpoint, dataset, dimension, index settings, the
                                             per-item outputs' column names (``item_outputs``)
+
+    The export is written beside the folder and then put in its place whole, so a killed export leaves the
+    earlier one as it was and a reader never finds the two mixed.
 
     Args:
         enabled: write the export during ``predict``.
@@ -60,17 +64,30 @@ class VectorExporter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
             return
-        for encoder in [m for m in pl_module.modules() if isinstance(m, FreezableEncoder)]:  # listed: merging edits
-            encoder.merge_adapters()
         if self.directory:
             self.path = Path(self.directory)
         elif trainer.ckpt_path:  # beside the checkpoints' folder: runs/demo/checkpoints/last.ckpt -> runs/demo/export
             self.path = Path(trainer.ckpt_path).resolve().parent.parent / "export"
         else:
             self.path = run_directory(trainer) / "export"
+        foreign = not self.path.is_dir() or any(self.path.iterdir())
+        if self.path.exists() and foreign and not (self.path / MANIFEST).is_file():
+            raise ConfigurationError(
+                f"export.directory {self.path} is not an export (no {MANIFEST}) and the export would replace it: "
+                "name a new or empty folder, or an earlier export"
+            )
+        for encoder in [m for m in pl_module.modules() if isinstance(m, FreezableEncoder)]:  # listed: merging edits
+            encoder.merge_adapters()
         self._outputs = dict(pl_module.item_output_columns)
         matrices = {"items": ["vectors", *self._outputs], "users": ["vectors"]}
-        self._parts = start_parts(trainer, self.path / ".parts", matrices)
+        self._parts = start_parts(trainer, self._staging, matrices)
+
+    @property
+    def _staging(self) -> Path:
+        """Where the export is written before it replaces ``path`` whole: a killed export leaves an earlier one
+        as it was. Named alike on every rank; a leftover of a killed run is removed first."""
+        assert self.path is not None
+        return self.path.with_name(f".{self.path.name}.partial")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         if not self.enabled:
@@ -90,22 +107,22 @@ class VectorExporter(BasePredictionWriter):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.path is not None
         counts = {"items": pl_module.num_items, "users": pl_module.num_users}
+        staging = self._staging
         targets = {
-            "items": {"vectors": self.path / "item_vectors.npy"}
-            | {name: self.path / item_output_file(name) for name in self._outputs},
-            "users": {"vectors": self.path / "user_vectors.npy"},
+            "items": {"vectors": staging / "item_vectors.npy"}
+            | {name: staging / item_output_file(name) for name in self._outputs},
+            "users": {"vectors": staging / "user_vectors.npy"},
         }
         for kind, parts in self._parts.items():
             parts.assemble(trainer.world_size, counts[kind], targets[kind])
-        shutil.rmtree(self.path / ".parts", ignore_errors=True)
         dataset = pl_module.data_facts.dataset
         items = dataset.items.select(["item", "raw_id", "text"])
-        pq.write_table(items, self.path / "items.parquet")
-        pq.write_table(dataset.users.select(["user", "raw_id"]), self.path / "users.parquet")
-        vectors = np.load(self.path / "item_vectors.npy")
+        pq.write_table(items, staging / "items.parquet")
+        pq.write_table(dataset.users.select(["user", "raw_id"]), staging / "users.parquet")
+        vectors = np.load(staging / "item_vectors.npy")
         settings = {"kind": self.index, "exact_below": self.exact_below}
-        save_index(build_index(vectors, "inner_product", **settings), self.path / "recommend.faiss")
-        save_index(build_index(vectors, "cosine", **settings), self.path / "similar.faiss")
+        save_index(build_index(vectors, "inner_product", **settings), staging / "recommend.faiss")
+        save_index(build_index(vectors, "cosine", **settings), staging / "similar.faiss")
         manifest = {
             "model": f"{type(pl_module).__module__}.{type(pl_module).__qualname__}",
             "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else None,
@@ -116,5 +133,6 @@ class VectorExporter(BasePredictionWriter):
             "index": settings,
             "item_outputs": self._outputs,
         }
-        (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        replace_folder(staging, self.path)
         print(f"exported {counts['users']:,} users and {counts['items']:,} items to {self.path}")
