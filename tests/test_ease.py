@@ -82,6 +82,14 @@ def test_an_untrained_item_borrows_its_content_neighbours_mean_column_at_the_cho
         np.testing.assert_allclose(columns[1], reference[:, 1], rtol=1e-5, atol=1e-7)  # a trained item: as solved
 
 
+def test_a_checkpoint_from_before_the_cold_length_loads_with_borrowed_columns_at_full_length():
+    saved = EASE(weights=[0.5]).state_dict()
+    del saved["cold_length"]  # as written before the length was chosen on validation
+    restored = EASE(cold_lengths=[0.0, 0.5])
+    restored.load_state_dict(saved)  # strict
+    assert restored.cold_length.item() == 1.0 and restored.weight.item() == 0.5
+
+
 def test_a_catalogue_above_max_items_is_refused_with_the_option_to_change():
     with pytest.raises(ConfigurationError, match="max_items"):
         EASE(max_items=4).build(_split(ROWS), NUM_ITEMS)

@@ -89,6 +89,11 @@ class EASE(nn.Module):
     def num_items(self) -> int:
         return self.matrix.shape[0]
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # checkpoints from before the length was chosen scored borrowed columns at full length: load them so
+        state_dict.setdefault(f"{prefix}cold_length", torch.tensor(1.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def build(self, train: SplitIndex, num_items: int, neighbours: ContentNeighbours | None = None) -> None:
         """B from the ``train`` interactions; the ``neighbours`` (built) fill the columns of the items with
