@@ -14,6 +14,7 @@ from mmrec_lightning.errors import ConfigurationError
 from mmrec_lightning.features import ItemFeatures
 from mmrec_lightning.features.files import feature_file
 from mmrec_lightning.models import MultimodalRecommender
+from mmrec_lightning.models.base import RecommenderModule
 from mmrec_lightning.towers.content_neighbours import ContentNeighbours
 from mmrec_lightning.towers.ease import EASE
 
@@ -150,6 +151,22 @@ def test_validation_keeps_the_pair_that_ranks_best_and_logs_the_towers_alone(dat
     assert len({round(result["val/recall@20"], 6) for result in alone.values()}) > 2  # the candidates do differ
     if len(cold_lengths) > 1:  # the borrowed columns' length changes the ranking
         assert alone[(0.0, 3.0)]["val/recall@20"] != pytest.approx(alone[(1.0, 3.0)]["val/recall@20"], abs=1e-6)
+
+
+@pytest.mark.parametrize("pair", [(1.0, 0.0), (0.0, 3.0), (1.0, 3.0)])
+def test_validation_ranks_as_the_served_vectors_do(pair, featured_dir, monkeypatch):
+    # validation adds the towers' scores and the history's votes per pair; serving ranks [user, w·x_u] · [item, B_i]
+    shared = _validated(featured_dir, _OneCandidate(pair, l2=5.0))
+
+    def served_validation_step(model, batch, batch_idx, dataloader_idx=0):
+        model.item_item.choose(*pair)
+        return RecommenderModule.validation_step(model, batch, batch_idx, dataloader_idx)
+
+    monkeypatch.setattr(MultimodalRecommender, "validation_step", served_validation_step)
+    monkeypatch.setattr(MultimodalRecommender, "on_validation_epoch_end", RecommenderModule.on_validation_epoch_end)
+    served = _validated(featured_dir, _OneCandidate(pair, l2=5.0))
+    for name in ("recall@20", "ndcg@20", "hit@5", "map@20"):
+        assert shared[f"val/{name}"] == pytest.approx(served[f"val/{name}"], abs=1e-6)
 
 
 def test_item_vectors_carry_their_column_and_a_new_item_a_zero_block(synthetic_dir):

@@ -15,7 +15,7 @@ from mmrec_lightning.data.contract import ItemPreprocessing
 from mmrec_lightning.data.items import content_batch
 from mmrec_lightning.encoders.base import ImageEncoder, TextEncoder
 from mmrec_lightning.errors import ConfigurationError
-from mmrec_lightning.evaluation import CATALOGUE
+from mmrec_lightning.evaluation import CATALOGUE, hits_of
 from mmrec_lightning.features.encoder import ItemFeatures
 from mmrec_lightning.fusion import AttentionFusion, FusionFactory
 from mmrec_lightning.heads import (
@@ -356,23 +356,24 @@ class MultimodalRecommender(RecommenderModule):
         finally:
             self.train(training)
 
-    def _use_item_item(self, cold_length: float, weight: float) -> None:
-        """Score with this ``item_item`` pair from now on, the catalogue's borrowed columns included."""
-        self.item_item.weight.fill_(weight)
-        if abs(self.item_item.cold_length.item() - cold_length) < 1e-6:
-            return
-        self.item_item.cold_length.fill_(cold_length)
-        if self._item_table is not None or self._item_chunks:
-            borrowed = self.item_item.borrowed
-            self._catalogue()[borrowed, -self.num_items :] = self.item_item.item_block(borrowed)
-
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """With ``item_item``, the users are ranked under each of its candidate pairs, one metric each."""
+        """With ``item_item``, the users are ranked under each of its candidate pairs, one metric each: the
+        towers' scores and the history's votes are computed once a batch, each pair adds them at its weight and
+        length (the ranking is that of the served vectors, ``[user, w·x_u] · [item, B_i]``)."""
         if self.item_item is None or dataloader_idx == CATALOGUE:
             return super().validation_step(batch, batch_idx, dataloader_idx)
-        for candidate, metrics in zip(self.item_item.candidates, self.item_item_metrics, strict=True):
-            self._use_item_item(*candidate)
-            self._evaluation_step(batch, dataloader_idx, metrics)
+        tower = self._catalogue()[:, : -self.num_items]
+        users = self._user(batch, tower[batch["history"]]).float()
+        towers = users @ tower.T
+        seen_rows, seen_items = batch["exclude_rows"], batch["exclude_items"]
+        votes = self.item_item.votes(seen_rows, seen_items, len(users))
+        rows, items = batch["target_rows"], batch["target_items"]
+        per_user = torch.bincount(rows, minlength=len(users))
+        for (length, weight), metrics in zip(self.item_item.candidates, self.item_item_metrics, strict=True):
+            scores = towers + weight * votes * self.item_item.column_factors(length) if weight else towers.clone()
+            scores[seen_rows, seen_items] = float("-inf")
+            top = scores.topk(min(metrics.max_k, scores.shape[1]), dim=1).indices
+            metrics.update(hits_of(top, rows, items), per_user)
 
     def on_validation_epoch_end(self) -> None:
         """With ``item_item``, keep the pair whose ranking is best by its ``select_by`` (reduced over ranks, so
@@ -383,7 +384,7 @@ class MultimodalRecommender(RecommenderModule):
         computed = [metrics.compute() for metrics in self.item_item_metrics]
         if computed[0]["users"] > 0:
             best = int(torch.stack([values[self.item_item.select_by] for values in computed]).argmax())
-            self._use_item_item(*self.item_item.candidates[best])
+            self.item_item.choose(*self.item_item.candidates[best])
             self.log("val/item_item_weight", self.item_item.weight)
             self.log("val/item_item_cold_length", self.item_item.cold_length)
             self._log_values(computed[0], "val/towers")

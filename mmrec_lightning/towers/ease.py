@@ -140,6 +140,22 @@ class EASE(nn.Module):
 
     def item_block(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[B, items]``: the columns ``B[:, i]`` of ``item_ids``, borrowed ones at the chosen length."""
-        plain = self.plain_factor.index_select(0, item_ids)
-        factor = plain + self.cold_length * (1.0 - plain)
+        factor = self.column_factors(self.cold_length).index_select(0, item_ids)
         return self.matrix.index_select(1, item_ids).T * factor.unsqueeze(1)
+
+    def column_factors(self, cold_length: float | torch.Tensor) -> torch.Tensor:
+        """``[items]``: what each column of the stored B is multiplied by for borrowed columns at ``cold_length``
+        (1 for the items with a column of their own)."""
+        return self.plain_factor + cold_length * (1.0 - self.plain_factor)
+
+    def votes(self, rows: torch.Tensor, items: torch.Tensor, num_users: int) -> torch.Tensor:
+        """``[U, items]``: ``x_u · B`` without the weight, borrowed columns at full length (times
+        :meth:`column_factors` for another), for users given by the (row, item) pairs of their known history."""
+        known = torch.zeros(num_users, self.num_items, device=items.device)
+        known[rows, items] = 1.0
+        return known @ self.matrix
+
+    def choose(self, cold_length: float, weight: float) -> None:
+        """Score with this pair from now on."""
+        self.cold_length.fill_(cold_length)
+        self.weight.fill_(weight)
