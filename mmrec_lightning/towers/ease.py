@@ -77,7 +77,6 @@ class EASE(nn.Module):
         # factor that shortens its column to the plain mean (1 for items with their own column)
         self.register_buffer("matrix", None, persistent=False)
         self.register_buffer("plain_factor", None, persistent=False)
-        self.register_buffer("borrowed", None, persistent=False)
 
     @property
     def candidates(self) -> list[tuple[float, float]]:
@@ -130,7 +129,6 @@ class EASE(nn.Module):
         device = self.weight.device
         self.matrix = columns.float().to(device)
         self.plain_factor = plain_factor.float().to(device)
-        self.borrowed = untrained.nonzero().squeeze(1).to(device)
 
     def user_block(self, rows: torch.Tensor, items: torch.Tensor, num_users: int) -> torch.Tensor:
         """``[U, items]``: ``weight · x_u`` of each user from the (row, item) pairs of their known history."""
