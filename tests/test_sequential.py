@@ -1,6 +1,8 @@
 """Sequential user modelling: the causal encoder, the sequence training stream, SASRec and the content-aware
 sequential model (with and without item IDs)."""
 
+import json
+import shutil
 from functools import partial
 
 import lightning as L
@@ -14,7 +16,7 @@ from mmrec_lightning.data.datasets import TrainSequences
 from mmrec_lightning.data.schema import PreparedDataset, SplitIndex
 from mmrec_lightning.datamodule import RecDataModule
 from mmrec_lightning.evaluation import CATALOGUE, USERS
-from mmrec_lightning.features import ItemFeatures, feature_file, save_features
+from mmrec_lightning.features import ItemFeatures, feature_file
 from mmrec_lightning.models import MultimodalRecommender, SASRec
 from mmrec_lightning.towers.sequence import SequenceEncoder
 
@@ -65,12 +67,9 @@ def test_the_history_mean_adds_the_average_of_the_items_so_far_to_each_state():
 
 
 @pytest.mark.parametrize(("method", "expected"), [("random", True), ("loo", False), ("temporal", False)])
-def test_an_automatic_history_mean_is_on_for_random_splits_only(method, expected, featured_dir, tmp_path):
-    import json
-    import shutil
-
+def test_an_automatic_history_mean_is_on_for_random_splits_only(method, expected, synthetic_dir, tmp_path):
     path = tmp_path / "data"
-    shutil.copytree(featured_dir, path)
+    shutil.copytree(synthetic_dir, path)
     metadata = json.loads((path / "metadata.json").read_text())
     metadata["split"]["method"] = method
     (path / "metadata.json").write_text(json.dumps(metadata))
@@ -115,17 +114,6 @@ def test_training_sequences_for_a_random_split_target_the_items_each_position_ha
     assert seen[1] == [{6, 7}, {7}]
     again = dataset[(np.array([0, 1]), 199)]
     assert all(np.array_equal(again[key], batch[key]) for key in ("targets", "negatives"))
-
-
-@pytest.fixture(scope="module")
-def featured_dir(synthetic_dir, tmp_path_factory):
-    import shutil
-
-    path = tmp_path_factory.mktemp("sequential") / "synthetic"
-    shutil.copytree(synthetic_dir, path)
-    rng = np.random.default_rng(0)
-    save_features(feature_file(path, "text"), rng.standard_normal((TINY_SPEC.items, 12), dtype=np.float32))
-    return path
 
 
 def _sasrec(history_mean: bool | str = False) -> SASRec:

@@ -367,10 +367,11 @@ class MultimodalRecommender(RecommenderModule):
         towers = users @ tower.T
         seen_rows, seen_items = batch["exclude_rows"], batch["exclude_items"]
         votes = self.item_item.votes(seen_rows, seen_items, len(users))
+        at_length = {length: votes * self.item_item.column_factors(length) for length in self.item_item.cold_lengths}
         rows, items = batch["target_rows"], batch["target_items"]
         per_user = torch.bincount(rows, minlength=len(users))
         for (length, weight), metrics in zip(self.item_item.candidates, self.item_item_metrics, strict=True):
-            scores = towers + weight * votes * self.item_item.column_factors(length) if weight else towers.clone()
+            scores = towers + weight * at_length[length] if weight else towers.clone()
             scores[seen_rows, seen_items] = float("-inf")
             top = scores.topk(min(metrics.max_k, scores.shape[1]), dim=1).indices
             metrics.update(hits_of(top, rows, items), per_user)

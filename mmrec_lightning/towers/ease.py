@@ -130,11 +130,15 @@ class EASE(nn.Module):
         self.matrix = columns.float().to(device)
         self.plain_factor = plain_factor.float().to(device)
 
+    def _known(self, rows: torch.Tensor, items: torch.Tensor, num_users: int) -> torch.Tensor:
+        """``[U, items]``: ``x_u``, the multi-hot of each user's known history given as (row, item) pairs."""
+        known = torch.zeros(num_users, self.num_items, device=items.device)
+        known[rows, items] = 1.0
+        return known
+
     def user_block(self, rows: torch.Tensor, items: torch.Tensor, num_users: int) -> torch.Tensor:
         """``[U, items]``: ``weight · x_u`` of each user from the (row, item) pairs of their known history."""
-        block = torch.zeros(num_users, self.num_items, device=items.device)
-        block[rows, items] = 1.0
-        return self.weight * block
+        return self.weight * self._known(rows, items, num_users)
 
     def item_block(self, item_ids: torch.Tensor) -> torch.Tensor:
         """``[B, items]``: the columns ``B[:, i]`` of ``item_ids``, borrowed ones at the chosen length."""
@@ -149,9 +153,7 @@ class EASE(nn.Module):
     def votes(self, rows: torch.Tensor, items: torch.Tensor, num_users: int) -> torch.Tensor:
         """``[U, items]``: ``x_u · B`` without the weight, borrowed columns at full length (times
         :meth:`column_factors` for another), for users given by the (row, item) pairs of their known history."""
-        known = torch.zeros(num_users, self.num_items, device=items.device)
-        known[rows, items] = 1.0
-        return known @ self.matrix
+        return self._known(rows, items, num_users) @ self.matrix
 
     def choose(self, cold_length: float, weight: float) -> None:
         """Score with this pair from now on."""
